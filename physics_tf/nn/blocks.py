@@ -1,0 +1,73 @@
+"""Transformer blocks built on the shared attention core.
+
+:class:`TransformerBlock` is a pre-LayerNorm block (attention + GELU feed-forward with dropout). With
+``normformer=True`` it is the NormFormer variant used by the Particle Transformer (Qu, Li, Qian 2022,
+arXiv 2202.03772, after Shleifer et al. arXiv 2110.09456): extra LayerNorms after the attention and inside the
+feed-forward, a learned per-head attention scale and a learned per-channel residual scale.
+
+:class:`ClassAttentionBlock` is CaiT's class attention (Touvron et al. 2021, arXiv 2103.17239): a class token
+queries the concatenation [class token, elements]; only the class token is updated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from physics_tf.nn.attention import MultiheadAttention
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then x + FFN(LN(x)); NormFormer extras with ``normformer=True``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_ratio: int = 4,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.1,
+        activation_dropout: float = 0.1,
+        normformer: bool = False,
+    ) -> None:
+        super().__init__()
+        ffn_dim = dim * ffn_ratio
+        self.pre_attn_norm = nn.LayerNorm(dim)
+        self.attn = MultiheadAttention(dim, num_heads, dropout=attn_dropout, head_scale=normformer)
+        self.post_attn_norm = nn.LayerNorm(dim) if normformer else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.pre_fc_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.act = nn.GELU()
+        self.act_dropout = nn.Dropout(activation_dropout)
+        self.post_fc_norm = nn.LayerNorm(ffn_dim) if normformer else nn.Identity()
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.resid_scale = nn.Parameter(torch.ones(dim)) if normformer else None
+
+    def _attend(self, query: Tensor, context: Tensor | None, attn_mask: Tensor | None) -> Tensor:
+        return self.dropout(self.post_attn_norm(self.attn(query, context, attn_mask)))
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        h = self.act_dropout(self.act(self.fc1(self.pre_fc_norm(x))))  # (B, L, ffn_dim)
+        h = self.dropout(self.fc2(self.post_fc_norm(h)))  # (B, L, D)
+        residual = x if self.resid_scale is None else x * self.resid_scale
+        return residual + h
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, L, D); attn_mask from :func:`physics_tf.nn.attention.attention_mask`."""
+        x = x + self._attend(self.pre_attn_norm(x), None, attn_mask)  # (B, L, D)
+        return self._feed_forward(x)
+
+
+class ClassAttentionBlock(TransformerBlock):
+    """Class attention: the class token (B, 1, D) queries [class token, x] (B, 1 + L, D)."""
+
+    def forward(self, x_cls: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """x_cls (B, 1, D), x (B, L, D), mask (B, L) True = real → updated class token (B, 1, D)."""
+        u = self.pre_attn_norm(torch.cat((x_cls, x), dim=1))  # (B, 1 + L, D)
+        attn_mask = None
+        if mask is not None:
+            keep = torch.cat((mask.new_ones(mask.shape[0], 1), mask), dim=1)  # class token is never masked
+            attn_mask = keep[:, None, None, :]  # (B, 1, 1, 1 + L)
+        x_cls = x_cls + self._attend(u[:, :1], u, attn_mask)  # (B, 1, D)
+        return self._feed_forward(x_cls)

@@ -1,0 +1,105 @@
+"""Model-level behaviour shared by every jet model: shapes, masks, permutation invariance, parameter counts."""
+
+import math
+
+import pytest
+import torch
+
+from physics_tf.models.part import ParticleTransformer
+from physics_tf.models.pfn import ParticleFlowNetwork
+
+SMALL_PART = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1)
+MODELS = {
+    "part": lambda: ParticleTransformer(7, 3, **SMALL_PART),
+    "part_plain": lambda: ParticleTransformer(7, 3, use_interaction=False, **SMALL_PART),
+    "pfn": lambda: ParticleFlowNetwork(7, 3, phi_dims=(16, 16), f_dims=(16,)),
+}
+
+
+def random_jets(batch=4, length=12, n_real=(12, 7, 3, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(length)[None] < torch.tensor(n_real)[:, None]
+    pt = torch.rand(batch, length, generator=g) * 100 + 1
+    eta = torch.randn(batch, length, generator=g) * 0.4
+    phi = torch.randn(batch, length, generator=g) * 0.4
+    v = torch.stack([pt * phi.cos(), pt * phi.sin(), pt * torch.sinh(eta), pt * torch.cosh(eta)], -1)
+    x = torch.randn(batch, length, 7, generator=g)
+    return x * mask[..., None], v * mask[..., None], mask
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_shapes(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    x, v, mask = random_jets()
+    out = model(x, v, mask)
+    assert out.shape == (4, 3) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("train", [False, True])
+def test_padding_never_changes_outputs(name, train):
+    """Appending padded particles (with garbage values) changes nothing, in eval and in train mode (no dropout)."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = 0.0
+    model.train(train)
+    x, v, mask = random_jets()
+    out = model(x, v, mask)
+    pad = 20
+    x_pad = torch.cat((x, 50 * torch.randn(4, pad, 7)), 1)
+    v_pad = torch.cat((v, 50 * torch.rand(4, pad, 4)), 1)
+    mask_pad = torch.cat((mask, torch.zeros(4, pad, dtype=torch.bool)), 1)
+    torch.testing.assert_close(model(x_pad, v_pad, mask_pad), out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_permutation_invariance(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x, v, mask = random_jets()
+    out = model(x, v, mask)
+    perm = torch.randperm(x.shape[1])
+    torch.testing.assert_close(model(x[:, perm], v[:, perm], mask[:, perm]), out, atol=1e-5, rtol=1e-5)
+
+
+def test_interaction_bias_matters():
+    """ParT's output depends on the four-vectors through the pair bias; ParT (plain) ignores them."""
+    torch.manual_seed(0)
+    x, v, mask = random_jets()
+    part = ParticleTransformer(7, 3, **SMALL_PART).eval()
+    plain = ParticleTransformer(7, 3, use_interaction=False, **SMALL_PART).eval()
+    v2 = v * torch.rand_like(v)
+    assert not torch.allclose(part(x, v, mask), part(x, v2, mask))
+    torch.testing.assert_close(plain(x, v, mask), plain(x, v2, mask))
+
+
+def test_parameter_counts_match_reference():
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    # weaver-core's ParticleTransformer with JetClass's 17 features and 10 classes has 2,143,486 parameters
+    assert abs(count(ParticleTransformer(17, 10)) - 2_143_486) <= 0.005 * 2_143_486
+    assert count(ParticleTransformer(17, 10)) == 2_143_486
+    assert count(ParticleTransformer(17, 10, use_interaction=False)) == 2_143_486 - 9_568
+    assert count(ParticleFlowNetwork(17, 10)) == pytest.approx(86_100, rel=0.01)
+
+
+def test_trim_to_longest_jet_gives_same_result_as_no_trim():
+    torch.manual_seed(0)
+    x, v, mask = random_jets(n_real=(5, 4, 3, 1))
+    trimmed = ParticleTransformer(7, 3, **SMALL_PART).eval()
+    full = ParticleTransformer(7, 3, trim=False, **SMALL_PART).eval()
+    full.load_state_dict(trimmed.state_dict())
+    torch.testing.assert_close(trimmed(x, v, mask), full(x, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_part_requires_four_vectors():
+    x, v, mask = random_jets()
+    with pytest.raises(ValueError, match="four-vectors"):
+        ParticleTransformer(7, 3, **SMALL_PART)(x, None, mask)

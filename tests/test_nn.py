@@ -1,0 +1,125 @@
+"""The shared attention core, blocks, embeddings and pairwise features."""
+
+import math
+
+import pytest
+import torch
+
+from physics_tf.nn.attention import MultiheadAttention, attention, attention_mask
+from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
+from physics_tf.nn.embeddings import SinusoidalPositionalEncoding, sinusoidal_encoding
+from physics_tf.nn.pairwise import PairEmbedding, pair_features, real_pairs
+
+
+def naive_attention(q, k, v, bias, mask):
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias  # (B, H, Lq, Lk)
+    logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return logits.softmax(-1) @ v
+
+
+def test_attention_equals_naive_softmax_with_bias_and_mask():
+    torch.manual_seed(0)
+    B, H, L, d = 3, 4, 7, 8
+    q, k, v = (torch.randn(B, H, L, d, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(B, H, L, L, dtype=torch.float64)
+    mask = torch.arange(L)[None] < torch.tensor([7, 4, 1])[:, None]
+    out = attention(q, k, v, attention_mask(mask, bias))
+    torch.testing.assert_close(out, naive_attention(q, k, v, bias, mask))
+
+
+def test_mask_polarity_true_means_real():
+    """A padded key (False) with a huge value must not leak into the output."""
+    q = torch.ones(1, 1, 1, 2)
+    k = torch.ones(1, 1, 3, 2)
+    v = torch.tensor([[[[1.0, 1.0], [1.0, 1.0], [1e6, 1e6]]]])
+    mask = torch.tensor([[True, True, False]])
+    out = attention(q, k, v, attention_mask(mask))
+    torch.testing.assert_close(out, torch.ones(1, 1, 1, 2))
+
+
+def test_fully_masked_row_stays_finite():
+    q = k = v = torch.randn(2, 2, 4, 8)
+    mask = torch.tensor([[False] * 4, [True, True, False, False]])
+    out = attention(q, k, v, attention_mask(mask, torch.zeros(2, 2, 4, 4)))
+    assert torch.isfinite(out).all()
+
+
+def test_cross_attention_uses_same_projection_as_self_attention():
+    torch.manual_seed(1)
+    mha = MultiheadAttention(16, 4).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(mha(x), mha(x, context=x))
+
+
+@pytest.mark.parametrize("normformer", [False, True])
+def test_block_padding_does_not_change_real_outputs(normformer):
+    torch.manual_seed(2)
+    block = TransformerBlock(16, 4, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0, normformer=normformer)
+    x = torch.randn(2, 5, 16)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    out = block(x, attention_mask(mask))
+    x_pad = torch.cat((x, 100 * torch.randn(2, 3, 16)), dim=1)
+    mask_pad = torch.cat((mask, torch.zeros(2, 3, dtype=torch.bool)), dim=1)
+    out_pad = block(x_pad, attention_mask(mask_pad))
+    torch.testing.assert_close(out_pad[:, :5][mask], out[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_class_attention_is_permutation_invariant_and_ignores_padding():
+    torch.manual_seed(3)
+    block = ClassAttentionBlock(16, 4, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0, normformer=True)
+    cls = torch.randn(1, 1, 16)
+    x = torch.randn(1, 6, 16)
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    out = block(cls, x, mask)
+    perm = torch.tensor([3, 0, 2, 1, 5, 4])
+    torch.testing.assert_close(block(cls, x[:, perm], mask[:, perm]), out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block(cls, x[:, :4], mask[:, :4]), out, atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoidal_encoding_formula():
+    pe = sinusoidal_encoding(torch.tensor([0.0, 1.0, 2.5]), 6)
+    for row, p in enumerate([0.0, 1.0, 2.5]):
+        for k in range(3):
+            w = 1 / 10000 ** (2 * k / 6)
+            assert pe[row, 2 * k].item() == pytest.approx(math.sin(p * w), abs=1e-6)
+            assert pe[row, 2 * k + 1].item() == pytest.approx(math.cos(p * w), abs=1e-6)
+    enc = SinusoidalPositionalEncoding(6, max_len=10)
+    torch.testing.assert_close(enc(torch.zeros(1, 3, 6))[0, 1], sinusoidal_encoding(torch.tensor(1.0), 6))
+
+
+def four_vector(pt, y, phi, m):
+    mt = math.hypot(pt, m)
+    return torch.tensor([pt * math.cos(phi), pt * math.sin(phi), mt * math.sinh(y), mt * math.cosh(y)], dtype=torch.float64)
+
+
+def test_pair_features_two_particle_hand_computed():
+    a = four_vector(100.0, 0.3, 3.0, 0.0)
+    b = four_vector(25.0, -0.1, -3.0, 0.0)
+    dphi = (3.0 - -3.0) - 2 * math.pi  # wraps to 6 − 2π ≈ −0.283
+    delta = math.hypot(0.4, dphi)
+    m2 = (a[3] + b[3]) ** 2 - ((a[:3] + b[:3]) ** 2).sum()
+    expected = [math.log(25.0 * delta), math.log(25.0 / 125.0), math.log(delta), math.log(float(m2))]
+    got = pair_features(a, b)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    # massless: m² = 2 pT_a pT_b (cosh Δy − cos Δφ)
+    assert float(m2) == pytest.approx(2 * 100 * 25 * (math.cosh(0.4) - math.cos(dphi)), rel=1e-9)
+    torch.testing.assert_close(pair_features(b, a), got)  # symmetric
+
+
+def test_real_pairs_lower_triangle_only_real():
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    batch, a, b = real_pairs(mask)
+    got = sorted(zip(batch.tolist(), a.tolist(), b.tolist()))
+    assert got == [(0, 0, 0), (0, 1, 0), (0, 1, 1), (1, 0, 0)]
+
+
+def test_pair_embedding_symmetric_and_zero_at_padding():
+    torch.manual_seed(4)
+    emb = PairEmbedding(num_heads=3, dims=(8,)).eval()
+    v = torch.stack([four_vector(10 + i, 0.1 * i, 0.2 * i, 0.0) for i in range(4)]).float()[None].repeat(2, 1, 1)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    bias = emb(v, mask)
+    assert bias.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(bias, bias.transpose(-1, -2))
+    assert (bias[1, :, 2:, :] == 0).all() and (bias[1, :, :, 2:] == 0).all()
+    torch.testing.assert_close(bias[1, :, :2, :2], bias[0, :, :2, :2])
