@@ -1,0 +1,55 @@
+"""Console entry points (``physics-tf-train``, ``physics-tf-evaluate``, ``physics-tf-generate``).
+
+Each wraps a Hydra main over the configs found by :func:`physics_tf.config.config_dir`, so the same command
+line works from a checkout (``python pipelines/train.py ...``) and from an installed package.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from physics_tf.config import config_dir, project_root
+
+
+def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """A no-argument callable that runs ``fn`` under ``@hydra.main`` with ``config_name``."""
+
+    def main() -> Any:
+        os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+        wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(fn)
+        return wrapped()
+
+    main.__name__ = config_name
+    return main
+
+
+def _train(cfg: DictConfig) -> None:
+    from physics_tf.training import run_train
+
+    run_train(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> None:
+    from physics_tf.training import run_evaluate
+
+    run_evaluate(cfg)
+
+
+def _generate(cfg: DictConfig) -> None:
+    from physics_tf.data.jetgen import run_generate
+
+    run_generate(cfg)
+
+
+train = hydra_entry("train", _train)
+evaluate = hydra_entry("evaluate", _evaluate)
+generate = hydra_entry("generate", _generate)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train())
