@@ -54,7 +54,10 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _build(cfg: DictConfig, output_dir: Path, model_cfg: DictConfig, task_cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     net = instantiate(model_cfg, input_dim=datamodule.num_features, num_classes=datamodule.num_classes)
-    task = instantiate(task_cfg, net=net, class_names=list(datamodule.class_names), output_dir=str(output_dir))
+    task = instantiate(
+        task_cfg, net=net, class_names=list(datamodule.class_names), output_dir=str(output_dir),
+        compile=bool(cfg.get("compile", False)),
+    )
     return datamodule, net, task
 
 
@@ -88,8 +91,6 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, net, task = _build(cfg, output_dir, cfg.model, cfg.task)
     n_params = sum(p.numel() for p in net.parameters())
     log.info("model %s: %s parameters", type(net).__name__, f"{n_params:,}")
-    if cfg.get("compile"):
-        task.net = torch.compile(net)
 
     callbacks = _instantiate_all(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
     loggers = _instantiate_all(cfg.get("logger"))

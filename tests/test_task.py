@@ -1,0 +1,247 @@
+"""Tests for ClassificationTask and the warm-up/decay schedules with a tiny net and synthetic jets."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from physics_tf.tasks.classification import ClassificationTask, split_weight_decay_params
+from physics_tf.tasks.schedulers import WarmupDecay, build_warmup_decay_scheduler
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+P, C = 16, 4
+
+
+class TinyNet(nn.Module):
+    """Masked mean-pool of a per-particle embedding + a linear head; has a cls_token like ParT."""
+
+    def __init__(self, input_dim: int = C, num_classes: int = 2, hidden: int = 16) -> None:
+        super().__init__()
+        self.hparams_for_checkpoint = {"input_dim": input_dim, "num_classes": num_classes, "hidden": hidden}
+        self.embed = nn.Linear(input_dim, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.head = nn.Linear(hidden, num_classes)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def forward(self, x, v=None, mask=None):
+        h = self.norm(self.embed(x))  # (B, P, H)
+        m = mask.unsqueeze(-1).to(h.dtype)  # (B, P, 1)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0) + self.cls_token[:, 0]  # (B, H)
+        return self.head(pooled)  # (B, K)
+
+
+def make_batches(n_batches: int, num_classes: int = 2, batch_size: int = 32, seed: int = 0, shift: float = 1.5):
+    """Batch dicts per the contract; class c jets have feature 0 shifted by ``c * shift``."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        n_part = torch.randint(1, P + 1, (batch_size,), generator=g)  # (B,)
+        mask = torch.arange(P)[None, :] < n_part[:, None]  # (B, P)
+        y = torch.randint(0, num_classes, (batch_size,), generator=g)  # (B,)
+        x = torch.randn(batch_size, P, C, generator=g)  # (B, P, C)
+        x[..., 0] += shift * y[:, None].float()
+        x = x * mask[..., None]
+        v = torch.randn(batch_size, P, 4, generator=g).abs() * mask[..., None]  # (B, P, 4)
+        batches.append({"x": x, "v": v, "mask": mask, "y": y})
+    return batches
+
+
+def loader(batches):
+    return DataLoader(batches, batch_size=None)  # each item already is a batch dict
+
+
+def make_trainer(tmp_path, **kw):
+    opts = dict(
+        max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    opts.update(kw)
+    return L.Trainer(**opts)
+
+
+@torch.no_grad()
+def mean_loss(task, batches) -> float:
+    task.eval()
+    return float(np.mean([nn.functional.cross_entropy(task(b["x"], b["v"], b["mask"]), b["y"]).item() for b in batches]))
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_fit_lowers_loss_and_test_writes_report(tmp_path):
+    torch.manual_seed(0)
+    train, val, test = make_batches(8, seed=1), make_batches(3, seed=2), make_batches(4, seed=3)
+    task = ClassificationTask(
+        TinyNet(), ["label_QCD", "label_Tbqq"], lr=1e-2, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1
+    )
+    loss_before = mean_loss(task, train)
+    task.train()
+    trainer = make_trainer(tmp_path)
+    trainer.fit(task, train_dataloaders=loader(train), val_dataloaders=loader(val))
+    loss_after = mean_loss(task, train)
+    assert loss_after < 0.7 * loss_before
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/auc"):
+        assert key in trainer.callback_metrics, key
+    assert float(trainer.callback_metrics["val/auc"]) > 0.85
+
+    # 3 epochs x 8 batches = 24 optimizer steps = estimated_stepping_batches -> schedule ends on the floor
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.lr_lambdas[0].total_steps == 24
+    assert sched.get_last_lr()[0] == pytest.approx(1e-2 * 0.1)
+
+    results = trainer.test(task, dataloaders=loader(test), verbose=False)
+    # output_dir=None and logger=False -> files land in default_root_dir
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.8
+    assert metrics["num_jets"] == 4 * 32
+    assert {"auc_macro", "rej50_Tbqq", "rej30_Tbqq"} <= set(metrics)
+    assert metrics["rej30_Tbqq"] >= metrics["rej50_Tbqq"] > 1.0
+    assert results[0]["test/accuracy"] == pytest.approx(metrics["accuracy"])
+    assert task.test_summary == metrics
+    for name in ("roc.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    pred = np.load(tmp_path / "predictions.npz")
+    assert pred["probs"].shape == (128, 2) and pred["labels"].shape == (128,)
+    np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-5)
+    assert list(pred["class_names"]) == ["label_QCD", "label_Tbqq"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    # checkpoint round trip: hparams hold the net's config, not the net
+    ckpt = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(ckpt)
+    restored = ClassificationTask.load_from_checkpoint(ckpt, net=TinyNet())
+    assert restored.hparams["net_config"]["_target_"].endswith("TinyNet")
+    assert "net" not in restored.hparams
+    b = test[0]
+    torch.testing.assert_close(restored(b["x"], b["v"], b["mask"]), task(b["x"], b["v"], b["mask"]))
+
+
+def test_multiclass_test_stage_with_explicit_output_dir(tmp_path):
+    torch.manual_seed(0)
+    names = ["label_Hbb", "label_QCD", "label_Tbqq"]
+    task = ClassificationTask(TinyNet(num_classes=3), names, output_dir=tmp_path / "report")
+    trainer = make_trainer(tmp_path / "root")
+    trainer.test(task, dataloaders=loader(make_batches(2, num_classes=3, seed=4)), verbose=False)
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    # QCD (index 1) is the background: the two other classes get rejection keys
+    assert {"rej50_Hbb", "rej30_Hbb", "rej50_Tbqq", "rej30_Tbqq"} <= set(metrics)
+    assert not any(k.endswith("_QCD") for k in metrics)
+    assert (tmp_path / "report" / "roc.png").exists() and (tmp_path / "report" / "confusion.png").exists()
+
+    probs = task.predict_step(make_batches(1, num_classes=3, seed=5)[0], 0)
+    assert probs.shape == (32, 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(32))
+
+
+def test_bad_batch_and_bad_net_output_raise():
+    task = ClassificationTask(TinyNet(), ["a", "b"])
+    batch = make_batches(1)[0]
+    with pytest.raises(ValueError, match="'mask'"):
+        task.training_step({k: v for k, v in batch.items() if k != "mask"}, 0)
+    with pytest.raises(ValueError, match="'y'"):
+        task.validation_step({k: v for k, v in batch.items() if k != "y"}, 0)
+    wrong = ClassificationTask(TinyNet(num_classes=3), ["a", "b"])
+    with pytest.raises(ValueError, match="net output"):
+        wrong.predict_step(batch, 0)
+    with pytest.raises(ValueError, match="schedule"):
+        ClassificationTask(TinyNet(), ["a", "b"], schedule="step")
+
+
+# ----------------------------------------------------------------------------- optimizer groups
+def test_weight_decay_excludes_bias_norm_and_cls_token():
+    net = TinyNet()
+    decay, no_decay = split_weight_decay_params(net)
+    assert set(decay) == {"embed.weight", "head.weight"}
+    assert set(no_decay) == {"embed.bias", "norm.weight", "norm.bias", "cls_token", "head.bias"}
+
+    task = ClassificationTask(net, ["a", "b"], weight_decay=0.05, warmup_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "total steps unknown" (no trainer attached)
+        cfg = task.configure_optimizers()
+    groups = cfg["optimizer"].param_groups
+    by_wd = {g["weight_decay"]: g for g in groups}
+    assert set(by_wd) == {0.05, 0.0}
+    assert {id(p) for p in by_wd[0.05]["params"]} == {id(net.embed.weight), id(net.head.weight)}
+    assert id(net.cls_token) in {id(p) for p in by_wd[0.0]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    assert cfg["lr_scheduler"]["interval"] == "step"
+
+
+def test_no_weight_decay_prefix_excludes_submodule():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = TinyNet()
+            self.pos = nn.Parameter(torch.zeros(1, 8, 4))
+
+        def no_weight_decay(self):
+            return {"body.head", "pos"}
+
+    decay, no_decay = split_weight_decay_params(Wrapper())
+    assert set(decay) == {"body.embed.weight"}
+    # the wrapper's list plus the inner net's own no_weight_decay() ({"cls_token"})
+    assert {"body.head.weight", "pos", "body.cls_token"} <= set(no_decay)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_warmup_then_cosine_and_linear_decay_values():
+    cos = WarmupDecay(warmup_steps=4, total_steps=20, schedule="cosine", min_lr_ratio=0.1)
+    lin = WarmupDecay(warmup_steps=4, total_steps=20, schedule="linear", min_lr_ratio=0.1)
+    for f in (cos, lin):
+        assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+        assert f(4) == pytest.approx(1.0)
+        assert f(20) == pytest.approx(0.1) and f(1000) == pytest.approx(0.1)
+    # step 8: progress (8 - 4) / 16 = 0.25
+    assert cos(8) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lin(8) == pytest.approx(0.1 + 0.9 * 0.75)
+    assert cos(12) == pytest.approx(0.55) and lin(12) == pytest.approx(0.55)  # midpoint
+    const = WarmupDecay(warmup_steps=2, total_steps=None, schedule="cosine", min_lr_ratio=0.1)
+    assert [const(s) for s in (0, 1, 5, 10**6)] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    assert WarmupDecay(0, float("inf"))(0) == 1.0
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        WarmupDecay(1, 10, min_lr_ratio=2.0)
+
+
+def test_scheduler_lr_values_when_stepped():
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    sched = build_warmup_decay_scheduler(opt, warmup_steps=2, total_steps=6, schedule="linear", min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up 0.05, 0.1; then linear over 4 steps: 0.1, 0.075, 0.05, 0.025; floor 0
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.075, 0.05, 0.025, 0.0])
+    state = sched.state_dict()  # callable object -> its fields are checkpointed
+    assert state["lr_lambdas"][0]["total_steps"] == 6
+
+
+class _UnsizedJets(IterableDataset):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_unknown_total_steps_gives_constant_after_warmup(tmp_path):
+    task = ClassificationTask(TinyNet(), ["a", "b"], lr=1e-3, warmup_steps=2)
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, train_dataloaders=DataLoader(_UnsizedJets(make_batches(5)), batch_size=None))
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == 5
+    assert sched.lr_lambdas[0].total_steps is None
+    assert sched.get_last_lr()[0] == pytest.approx(1e-3)
