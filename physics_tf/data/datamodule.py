@@ -1,0 +1,168 @@
+"""Lightning data module for jet tagging (JetClass ROOT / top-tagging HDF5), built by Hydra.
+
+``conf/data/*.yaml`` sets ``_target_: physics_tf.data.datamodule.JetDataModule``; the YAML keys are the
+constructor arguments. ``num_features``, ``num_classes`` and ``class_names`` are known from the config alone
+(no file is opened), so the model can be built before :meth:`setup`.
+
+Epochs: the loaders are :class:`EpochDataLoader`, which before every ``iter()`` copies the trainer's
+``current_epoch`` (or the epoch given to :meth:`JetDataModule.set_epoch` when no trainer is attached) into
+the dataset's shared epoch value. That happens in the main process before workers start (or, with
+persistent workers, before they are told to resume), so it works for ``num_workers`` 0 and > 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from physics_tf.data.config import JetDataConfig
+from physics_tf.data.dataset import JetIterableDataset, build_pieces, expand_files
+
+__all__ = ["JetDataModule", "EpochDataLoader"]
+
+log = logging.getLogger(__name__)
+
+
+class EpochDataLoader(DataLoader):
+    """DataLoader (``batch_size=None``) that sets the dataset's epoch from ``epoch_fn()`` on every ``iter()``."""
+
+    def __init__(self, dataset: JetIterableDataset, epoch_fn: Callable[[], int], **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch_fn = epoch_fn
+
+    def __iter__(self):
+        self.dataset.set_epoch(self.epoch_fn())
+        return super().__iter__()
+
+
+def _plain(x):
+    """OmegaConf containers -> plain python (without importing omegaconf when not needed)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(x, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+class JetDataModule(pl.LightningDataModule):
+    """Train/val/test loaders of padded jet batches (see ``physics_tf.data.dataset`` for sharding).
+
+    Parameters
+    ----------
+    files
+        ``{train: [globs], val: [globs], test: [globs]}``; a missing / null split has no loader.
+    format, labels, features, vectors, variables, selection, treename, pad_length, chunk_size
+        See :class:`physics_tf.data.config.JetDataConfig`.
+    batch_size
+        Jets per batch (per rank).
+    num_workers
+        DataLoader workers per rank (persistent when > 0).
+    shuffle_buffer
+        Jets in each worker's shuffle buffer (training).
+    seed
+        Base seed of the piece and buffer shuffles.
+    pin_memory
+        Passed to the DataLoaders.
+    """
+
+    def __init__(self, files: Mapping[str, Any], format: str = "jetclass_root", labels=None, features: Any = "kin",
+                 vectors=None, variables=None, selection: str | None = None, treename: str = "tree",
+                 pad_length: int = 128, chunk_size: int = 10_000, batch_size: int = 256, num_workers: int = 0,
+                 shuffle_buffer: int = 10_000, seed: int = 0, pin_memory: bool = False):
+        super().__init__()
+        kw: dict[str, Any] = dict(files=_plain(files) or {}, format=format, features=_plain(features),
+                                  variables=_plain(variables) or {}, selection=selection, treename=treename,
+                                  pad_length=pad_length, chunk_size=chunk_size)
+        if labels is not None:
+            kw["labels"] = _plain(labels)
+        if vectors is not None:
+            kw["vectors"] = _plain(vectors)
+        self.cfg = JetDataConfig(**kw)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.datasets: dict[str, JetIterableDataset] = {}
+        self._epoch = 0
+
+    # ------------------------------------------------------------------ from config, no I/O
+    @property
+    def num_features(self) -> int:
+        return self.cfg.num_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.cfg.class_names
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.cfg.feature_names
+
+    # ------------------------------------------------------------------ distributed position
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used when no trainer is attached (plain loops)."""
+        self._epoch = int(epoch)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Expand the globs and cut the files into pieces (metadata only) for the splits ``stage`` needs."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
+                  None: ("train", "val", "test")}.get(stage, ("train", "val", "test"))
+        rank, world = self._rank_world()
+        for split in splits:
+            patterns = self.cfg.files.get(split) or []
+            if not patterns:
+                continue
+            if split in self.datasets:
+                self.datasets[split].set_distributed(rank, world)
+                continue
+            files = expand_files(patterns, split)
+            pieces = build_pieces(files, self.cfg)
+            self.datasets[split] = JetIterableDataset(
+                self.cfg, files, self.batch_size, train=(split == "train"), shuffle_buffer=self.shuffle_buffer,
+                seed=self.seed, rank=rank, world_size=world, pieces=pieces)
+            log.info("%s: %d files, %d jets, %d batches per rank (rank %d of %d)", split, len(files),
+                     self.datasets[split].num_entries, len(self.datasets[split]), rank, world)
+
+    def _loader(self, split: str) -> EpochDataLoader:
+        if split not in self.datasets:
+            if not self.cfg.files.get(split):
+                raise ValueError(f"data.files.{split} is not set; cannot build the {split} dataloader")
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return EpochDataLoader(self.datasets[split], self._current_epoch, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> EpochDataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> EpochDataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> EpochDataLoader:
+        return self._loader("test")

@@ -1,0 +1,76 @@
+"""Shared fixtures for the jet data tests: tiny synthetic JetClass ROOT / top-tagging HDF5 files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+JETCLASS_LABELS = ("label_QCD", "label_Hbb", "label_Hcc", "label_Hgg", "label_H4q",
+                   "label_Hqql", "label_Zqq", "label_Wqq", "label_Tbqq", "label_Tbl")
+PID_FLAGS = ("part_isChargedHadron", "part_isNeutralHadron", "part_isPhoton", "part_isElectron", "part_isMuon")
+
+
+def synth_jetclass(n_jets: int, seed: int = 0, *, classes=(0, 8), max_particles: int = 12, id_offset: int = 0,
+                   min_particles: int = 1):
+    """Random JetClass-layout branches (particles, jets, labels) with JetClass label dtypes.
+
+    The first particle's ``part_px`` of jet i is ``1000 + id_offset + i`` so tests can identify jets.
+    """
+    import awkward as ak
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(min_particles, max_particles + 1, size=n_jets)
+    tot = int(counts.sum())
+    pt = rng.uniform(1.0, 50.0, tot)
+    eta = rng.normal(0.0, 0.3, tot)
+    phi = rng.uniform(-np.pi, np.pi, tot)
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    px[starts[counts > 0]] = 1000.0 + id_offset + np.arange(n_jets)[counts > 0]
+    energy = np.sqrt(px**2 + py**2 + pz**2) + 0.1
+    charge = rng.integers(-1, 2, tot)
+    pid = rng.integers(0, 5, tot)
+
+    def jag(a):
+        return ak.unflatten(a, counts)
+
+    particles = {"part_px": jag(px), "part_py": jag(py), "part_pz": jag(pz), "part_energy": jag(energy),
+                 "part_deta": jag(eta), "part_dphi": jag(rng.normal(0, 0.3, tot)),
+                 "part_charge": jag(charge.astype(float)),
+                 "part_d0val": jag(rng.normal(0, 2, tot)), "part_d0err": jag(rng.uniform(0, 2, tot)),
+                 "part_dzval": jag(rng.normal(0, 2, tot)), "part_dzerr": jag(rng.uniform(0, 2, tot))}
+    for k, name in enumerate(PID_FLAGS):
+        particles[name] = jag((pid == k).astype(np.int32))
+    jets = {"jet_pt": rng.uniform(500, 1000, n_jets), "jet_eta": rng.normal(0, 1, n_jets),
+            "jet_phi": rng.uniform(-np.pi, np.pi, n_jets), "jet_energy": rng.uniform(600, 1500, n_jets),
+            "jet_nparticles": counts.astype(float)}
+    cls = rng.choice(np.asarray(classes), size=n_jets)
+    dtypes = [np.float32, bool, bool, bool, bool, bool, np.int32, np.int32, np.int32, np.int32]
+    labels = {name: (cls == k).astype(dt) for k, (name, dt) in enumerate(zip(JETCLASS_LABELS, dtypes))}
+    return particles, jets, labels
+
+
+@pytest.fixture
+def jetclass_file(tmp_path):
+    """Factory: write a synthetic JetClass file and return its path."""
+    from physics_tf.data.writers import write_jetclass_root
+
+    def make(name="jets.root", n_jets=50, seed=0, **kw):
+        p, j, lab = synth_jetclass(n_jets, seed, **kw)
+        return write_jetclass_root(tmp_path / name, p, j, lab)
+
+    return make
+
+
+@pytest.fixture
+def toptagging_arrays():
+    """(E, PX, PY, PZ, is_signal) zero-padded (N, 10) constituents, pT-ordered."""
+    rng = np.random.default_rng(3)
+    n, k = 12, 10
+    counts = rng.integers(1, k + 1, n)
+    pt = np.sort(rng.uniform(1, 100, (n, k)), axis=1)[:, ::-1]
+    eta, phi = rng.normal(0, 0.4, (n, k)), rng.uniform(-np.pi, np.pi, (n, k))
+    real = np.arange(k)[None, :] < counts[:, None]
+    PX, PY, PZ = pt * np.cos(phi) * real, pt * np.sin(phi) * real, pt * np.sinh(eta) * real
+    E = np.sqrt(PX**2 + PY**2 + PZ**2) * real
+    return E, PX, PY, PZ, rng.integers(0, 2, n)
