@@ -18,11 +18,24 @@ from physics_tf.config import config_dir, project_root
 
 
 def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-    """A no-argument callable that runs ``fn`` under ``@hydra.main`` with ``config_name``."""
+    """A no-argument callable that runs ``fn`` under ``@hydra.main`` with ``config_name``.
+
+    Bad input (:class:`physics_tf.data.errors.DataError`, a missing checkpoint) ends the program with one line
+    on stderr and exit status 2 instead of a traceback.
+    """
+
+    def task(cfg: DictConfig) -> Any:
+        from physics_tf.data.errors import DataError
+
+        try:
+            return fn(cfg)
+        except (DataError, FileNotFoundError) as err:
+            print(f"physics_tf: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def main() -> Any:
         os.environ.setdefault("PROJECT_ROOT", str(project_root()))
-        wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(fn)
+        wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         return wrapped()
 
     main.__name__ = config_name

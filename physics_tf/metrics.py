@@ -113,8 +113,10 @@ def resolve_background(class_names: Sequence[str], background: str | int | None 
         if not 0 <= background < n:
             raise ValueError(f"background: index {background} out of range for {n} classes")
         return int(background)
-    if background is not None and background in class_names:
-        return list(class_names).index(background)
+    if background is not None:
+        short = [signal_name(str(c)) for c in class_names]  # "label_QCD" and "QCD" name the same class
+        if signal_name(str(background)) in short:
+            return short.index(signal_name(str(background)))
     log.info("background class %r not in %s; using class 0 (%r)", background, list(class_names), class_names[0])
     return 0
 

@@ -241,3 +241,10 @@ def test_training_curves_from_csv(tmp_path):
     bad.write_text("epoch,step,other\n0,1,2\n")
     with pytest.raises(ValueError, match="bad.csv"):
         plot_training_curves(bad, tmp_path / "x.png")
+
+
+def test_background_matches_with_or_without_label_prefix():
+    from physics_tf.metrics import resolve_background
+
+    assert resolve_background(["Tbqq", "QCD"], "label_QCD") == 1
+    assert resolve_background(["label_Tbqq", "label_QCD"], "QCD") == 1

@@ -74,7 +74,9 @@ def expand_files(patterns: Sequence[str], split: str = "") -> list[str]:
     for pat in patterns:
         hits = sorted(glob.glob(os.path.expanduser(str(pat)), recursive=True))
         if not hits:
-            raise DataError(pat, "no file matches this pattern", f"files.{split}" if split else "files")
+            hint = ("no file matches this pattern (generated data: run `python pipelines/generate.py` first; "
+                    "your own files: set data.files.train/val/test)")
+            raise DataError(pat, hint, f"files.{split}" if split else "files")
         files.extend(h for h in hits if h not in files)
     return files
 
