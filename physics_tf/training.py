@@ -110,7 +110,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             elif cfg.get("test_ckpt") == "last" and trainer.checkpoint_callback:
                 ckpt = trainer.checkpoint_callback.last_model_path or None
             log.info("testing with %s", ckpt or "the current weights")
-            trainer.test(task, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             if trainer.is_global_zero:
                 metrics = _report(output_dir)
     finally:
@@ -144,7 +144,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     try:
-        trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path))
+        trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False)
     finally:
         _finish_loggers(loggers)
     return _report(output_dir) if trainer.is_global_zero else {}

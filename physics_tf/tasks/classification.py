@@ -315,13 +315,15 @@ class ClassificationTask(L.LightningModule):
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="Test metrics", caption=f"written to {out_dir}")
+        table = Table(title="Test metrics")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in summary.items():
             text = f"{value:.0f}" if key == "num_jets" else ("inf" if math.isinf(value) else f"{value:.4g}")
             table.add_row(key, text)
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        console.print(f"metrics.json, roc.png, confusion.png, predictions.npz written to {out_dir}", soft_wrap=True)
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
