@@ -35,6 +35,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m ""
 
 bench: install
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -15,11 +15,11 @@ from test_pipelines import compose_train  # noqa: E402
 @pytest.mark.gen
 def test_short_part_training_on_generated_jets_reaches_auc_090(tmp_path):
     data_dir = tmp_path / "data"
-    summary = generate_dataset(data_dir / "generated" / "jets_demo", processes=("QCD", "Tbqq"), n_train=1500,
+    summary = generate_dataset(data_dir / "generated" / "jets_demo", processes=("QCD", "Tbqq"), n_train=2000,
                                n_val=300, n_test=700, seed=7, n_workers=2, jets_per_file=4000, chunk_size=500,
                                progress=False)
-    assert summary["n_jets"] == {"train": 3000, "val": 600, "test": 1400}
-    cfg = compose_train(["experiment=jets_demo", f"paths.data_dir={data_dir}", "trainer.max_epochs=2",
+    assert summary["n_jets"] == {"train": 4000, "val": 600, "test": 1400}
+    cfg = compose_train(["experiment=jets_demo", f"paths.data_dir={data_dir}", "trainer.max_epochs=3", "data.batch_size=64",
                          "logger=csv", "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
     metrics = run(cfg)
     assert metrics["num_jets"] == 1400  # held-out test split, every jet once

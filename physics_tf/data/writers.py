@@ -37,10 +37,11 @@ def _as_jagged(name: str, values, dtype) -> ak.Array:
     if isinstance(values, ak.Array):
         arr = values
     else:
-        arr = ak.Array([np.asarray(v).ravel() for v in values]) if len(values) else ak.Array(
-            ak.contents.ListOffsetArray(ak.index.Index64(np.zeros(1, np.int64)),
-                                        ak.contents.NumpyArray(np.zeros(0, dtype)))
-        )
+        # concatenate + unflatten: O(total) in numpy (ak.Array(list) would iterate element by element)
+        parts = [np.asarray(v, dtype=dtype).ravel() for v in values]
+        counts = np.fromiter((len(v) for v in parts), dtype=np.int64, count=len(parts))
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
+        arr = ak.unflatten(flat, counts)
     if arr.ndim != 2:
         raise ValueError(f"particle branch '{name}': expected a jagged (n_jets, var) array, got {arr.type}")
     return ak.values_astype(arr, dtype)
