@@ -30,7 +30,10 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
         try:
             return fn(cfg)
         except (DataError, FileNotFoundError) as err:
-            print(f"physics_tf: error: {err}", file=sys.stderr)
+            # errors from DataLoader workers arrive with the worker's traceback: keep its last line
+            lines = str(err).strip().splitlines() or [repr(err)]
+            message = lines[-1].split("Error: ", 1)[-1] if len(lines) > 1 else lines[0]
+            print(f"physics_tf: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
 
     def main() -> Any:

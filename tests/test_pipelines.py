@@ -154,3 +154,19 @@ def test_ddp_two_cpu_processes(data_dir, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_jets"] >= 120  # the test stage gathers every rank's jets
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_cli_error_from_dataloader_worker_is_one_line(tmp_path):
+    """A bad file read inside a DataLoader worker process still ends in one line naming file and field."""
+    out = tmp_path / "data" / "generated" / "jets_demo"
+    out.mkdir(parents=True)
+    p, j, lab = synth_jetclass(60, seed=1, classes=(0, 8), max_particles=10)
+    p["part_px"] = p["part_px"] * float("nan")
+    for split in ["train", "val", "test"]:
+        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    res = _cli(["pipelines/train.py", "experiment=jets_pfn", f"paths.data_dir={tmp_path / 'data'}", *FAST,
+                "data.num_workers=1", f"hydra.run.dir={tmp_path}/run"])
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("physics_tf: error: "), last
+    assert "_000.root" in last and "part_px" in last, last

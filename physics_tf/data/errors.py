@@ -33,7 +33,11 @@ class DataError(ValueError):
         The branch/column/feature concerned, if any.
     """
 
-    def __init__(self, file: str | os.PathLike | None, what: str, field: str | None = None):
+    def __init__(self, file: str | os.PathLike | None, what: str | None = None, field: str | None = None):
+        if what is None:  # one ready message: how torch re-raises an error from a DataLoader worker
+            self.file, self.field, self.what = None, None, str(file)
+            super().__init__(self.what)
+            return
         self.file = None if file is None else str(file)
         self.field = field
         self.what = " ".join(str(what).split())  # one line
