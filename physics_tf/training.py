@@ -52,11 +52,15 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _build(cfg: DictConfig, output_dir: Path, model_cfg: DictConfig, task_cfg: DictConfig):
+    """Data module, network and task from their configs.
+
+    Every data module exposes ``model_dims`` (sizes the network is built with, e.g. ``input_dim``,
+    ``num_classes``) and ``task_kwargs`` (e.g. ``class_names``), so one pipeline serves every analysis.
+    """
     datamodule = instantiate(cfg.data)
-    net = instantiate(model_cfg, input_dim=datamodule.num_features, num_classes=datamodule.num_classes)
+    net = instantiate(model_cfg, **datamodule.model_dims)
     task = instantiate(
-        task_cfg, net=net, class_names=list(datamodule.class_names), output_dir=str(output_dir),
-        compile=bool(cfg.get("compile", False)),
+        task_cfg, net=net, **datamodule.task_kwargs, output_dir=str(output_dir), compile=bool(cfg.get("compile", False))
     )
     return datamodule, net, task
 

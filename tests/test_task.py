@@ -74,7 +74,7 @@ def make_trainer(tmp_path, **kw):
 @torch.no_grad()
 def mean_loss(task, batches) -> float:
     task.eval()
-    return float(np.mean([nn.functional.cross_entropy(task(b["x"], b["v"], b["mask"]), b["y"]).item() for b in batches]))
+    return float(np.mean([nn.functional.cross_entropy(task(x=b["x"], v=b["v"], mask=b["mask"]), b["y"]).item() for b in batches]))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -123,7 +123,7 @@ def test_fit_lowers_loss_and_test_writes_report(tmp_path):
     assert restored.hparams["net_config"]["_target_"].endswith("TinyNet")
     assert "net" not in restored.hparams
     b = test[0]
-    torch.testing.assert_close(restored(b["x"], b["v"], b["mask"]), task(b["x"], b["v"], b["mask"]))
+    torch.testing.assert_close(restored(x=b["x"], v=b["v"], mask=b["mask"]), task(x=b["x"], v=b["v"], mask=b["mask"]))
 
 
 def test_multiclass_test_stage_with_explicit_output_dir(tmp_path):
@@ -146,8 +146,11 @@ def test_multiclass_test_stage_with_explicit_output_dir(tmp_path):
 def test_bad_batch_and_bad_net_output_raise():
     task = ClassificationTask(TinyNet(), ["a", "b"])
     batch = make_batches(1)[0]
-    with pytest.raises(ValueError, match="'mask'"):
-        task.training_step({k: v for k, v in batch.items() if k != "mask"}, 0)
+    with pytest.raises(ValueError, match=r"missing \['x'\]"):
+        task.training_step({k: v for k, v in batch.items() if k != "x"}, 0)
+    with pytest.raises(ValueError, match=r"not accepted \['bogus'\]"):
+        task.training_step({**batch, "bogus": batch["x"]}, 0)
+    task.training_step({**batch, "aux_truth": batch["y"]}, 0)  # aux_* truth is never a net input
     with pytest.raises(ValueError, match="'y'"):
         task.validation_step({k: v for k, v in batch.items() if k != "y"}, 0)
     wrong = ClassificationTask(TinyNet(num_classes=3), ["a", "b"])

@@ -110,6 +110,16 @@ class JetDataModule(pl.LightningDataModule):
     def feature_names(self) -> list[str]:
         return self.cfg.feature_names
 
+    @property
+    def model_dims(self) -> dict[str, int]:
+        """Sizes the network is built with (``instantiate(cfg.model, **dm.model_dims)``)."""
+        return {"input_dim": self.num_features, "num_classes": self.num_classes}
+
+    @property
+    def task_kwargs(self) -> dict[str, object]:
+        """What the task needs to know about the data (``instantiate(cfg.task, net=..., **dm.task_kwargs)``)."""
+        return {"class_names": list(self.class_names)}
+
     # ------------------------------------------------------------------ distributed position
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

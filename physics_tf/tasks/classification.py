@@ -41,6 +41,7 @@ from physics_tf.metrics import (
     PredictionAccumulator,
     summarize,
 )
+from physics_tf.tasks.common import model_inputs
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 
 __all__ = ["ClassificationTask", "split_weight_decay_params"]
@@ -204,17 +205,15 @@ class ClassificationTask(L.LightningModule):
         cls = type(net)
         return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **dict(hp)}
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, K)`` for ``x (B, P, C)``, ``v (B, P, 4)``, ``mask (B, P)``."""
-        return self.net(x, v, mask)
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)``; ``inputs`` are the net's keyword arguments (jets: ``x``, ``v``, ``mask``)."""
+        return self.net(**inputs)
 
     def _logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Calls the net with every batch field except the targets as keyword arguments (batch contract)."""
         if not isinstance(batch, Mapping):
-            raise ValueError(f"batch: expected a dict with fields x, v, mask, y; got {type(batch).__name__}")
-        for key in ("x", "mask"):
-            if key not in batch:
-                raise ValueError(f"batch: missing field {key!r} (have {sorted(batch)})")
-        logits = self(batch["x"], batch.get("v"), batch["mask"])  # (B, K)
+            raise ValueError(f"batch: expected a dict of tensors (net inputs + target 'y'); got {type(batch).__name__}")
+        logits = self(**model_inputs(batch, self.net))  # (B, K)
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"net output: expected logits of shape (B, {self.num_classes}) for classes {self.class_names}, "
