@@ -57,10 +57,14 @@ def _evaluate(cfg: DictConfig) -> None:
     run_evaluate(cfg)
 
 
-def _generate(cfg: DictConfig) -> None:
-    from physics_tf.data.jetgen import run_generate
+DEFAULT_GENERATOR = "physics_tf.data.jetgen.run_generate"
 
-    run_generate(cfg)
+
+def _generate(cfg: DictConfig) -> None:
+    """Runs the generator named by ``gen.runner`` (a dotted path to a ``run(cfg)`` function; jets by default)."""
+    from hydra.utils import get_method
+
+    get_method(cfg.gen.get("runner", DEFAULT_GENERATOR))(cfg)
 
 
 train = hydra_entry("train", _train)
