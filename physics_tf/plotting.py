@@ -12,7 +12,6 @@ import contextlib
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
+from physics_tf.utils.io import atomic_path
 from physics_tf.metrics import (
     DEFAULT_BACKGROUND,
     check_probs_labels,
@@ -47,16 +47,8 @@ def _style():
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Save ``fig`` as PNG to ``path`` atomically (temp file + ``os.replace``); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

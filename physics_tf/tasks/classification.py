@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from physics_tf.metrics import (
     summarize,
 )
 from physics_tf.tasks.common import model_inputs
+from physics_tf.utils.io import atomic_path
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 
 __all__ = ["ClassificationTask", "split_weight_decay_params"]
@@ -95,17 +95,9 @@ def split_weight_decay_params(net: nn.Module) -> tuple[list[str], list[str]]:
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fh)`` on a temp file next to ``path`` then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Call ``write(fh)`` on a temp file next to ``path`` then move it into place (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 class ClassificationTask(L.LightningModule):
