@@ -22,14 +22,49 @@ log = logging.getLogger("physics_tf")
 CONFIG_KEY = "physics_tf_config"
 
 
-class StoreConfigInCheckpoint(L.Callback):
-    """Puts the resolved run config into every checkpoint (``checkpoint["physics_tf_config"]``)."""
+RNG_KEY = "physics_tf_rng"
+
+
+class RunStateInCheckpoint(L.Callback):
+    """Stores the resolved run config and the random-number states in every checkpoint.
+
+    The config (``checkpoint["physics_tf_config"]``) lets ``evaluate.py`` rebuild model and data; the RNG states
+    (torch, numpy, python) are restored on resume so dropout draws continue as in an uninterrupted run — with the
+    data order fixed by (seed, epoch), a resumed run ends with the same weights as one that never stopped.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
         checkpoint[CONFIG_KEY] = self.config
+        # only tensors and plain Python values, so checkpoints load with torch.load(weights_only=True)
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint[RNG_KEY] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # applied when training resumes, not now: the sanity check in between must not shift the draws
+        self._pending_rng = checkpoint.get(RNG_KEY)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import random
+
+        import numpy as np
+
+        state, self._pending_rng = getattr(self, "_pending_rng", None), None
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            name, keys, pos, has_gauss, gauss = state["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(state["python"])
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -96,8 +131,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in net.parameters())
     log.info("model %s: %s parameters", type(net).__name__, f"{n_params:,}")
 
-    callbacks = _instantiate_all(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
     loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [RunStateInCheckpoint(resolved)]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     for logger in loggers:
         logger.log_hyperparams({**flatten(resolved), "n_parameters": n_params})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

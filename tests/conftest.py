@@ -74,3 +74,17 @@ def toptagging_arrays():
     PX, PY, PZ = pt * np.cos(phi) * real, pt * np.sin(phi) * real, pt * np.sinh(eta) * real
     E = np.sqrt(PX**2 + PY**2 + PZ**2) * real
     return E, PX, PY, PZ, rng.integers(0, 2, n)
+
+
+class StopAfterEpoch:
+    """Lightning callback for resume tests: stop the run at the end of epoch ``epoch`` (as a pre-emption would)."""
+
+    def __new__(cls, epoch: int = 0):
+        import lightning as L
+
+        class _Stop(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                if trainer.current_epoch >= epoch:
+                    trainer.should_stop = True
+
+        return _Stop()

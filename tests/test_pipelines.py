@@ -170,3 +170,23 @@ def test_cli_error_from_dataloader_worker_is_one_line(tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("physics_tf: error: "), last
     assert "_000.root" in last and "part_px" in last, last
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(data_dir, tmp_path):
+    """Stop after epoch 1 of 2, resume from last.ckpt: the final weights equal those of a run that never stopped."""
+    import torch
+
+    common = ["experiment=jets_demo", f"paths.data_dir={data_dir}", "data.batch_size=32", "trainer.max_epochs=2",
+              "model.dropout=0.1", "model.attn_dropout=0.1", "test=false", "logger=none"]
+    run_train(compose_train(common, tmp_path / "full"))
+    run_train(compose_train([*common, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=0"],
+                            tmp_path / "part1"))
+    first = torch.load(tmp_path / "part1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert first["epoch"] == 0
+    run_train(compose_train([*common, f"ckpt_path={tmp_path / 'part1' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "part2"))
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    resumed = torch.load(tmp_path / "part2" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], msg=key)
+    assert not all(torch.equal(first["state_dict"][k], full[k]) for k in full)  # the second epoch did train

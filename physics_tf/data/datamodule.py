@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 from physics_tf.data.config import JetDataConfig
@@ -31,6 +32,9 @@ class EpochDataLoader(DataLoader):
     """DataLoader (``batch_size=None``) that sets the dataset's epoch from ``epoch_fn()`` on every ``iter()``."""
 
     def __init__(self, dataset: JetIterableDataset, epoch_fn: Callable[[], int], **kwargs):
+        # a generator of its own: creating an iterator then draws no number from the global torch RNG, so the
+        # dropout draws of a resumed run continue exactly as in a run that never stopped
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(dataset, batch_size=None, **kwargs)
         self.epoch_fn = epoch_fn
 
@@ -133,7 +137,12 @@ class JetDataModule(pl.LightningDataModule):
 
     def _current_epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else self._epoch
+        if trainer is None:
+            return self._epoch
+        # Lightning's own sampler epoch: equals current_epoch during training, and is already right when a resumed
+        # run builds its first train iterator (before current_epoch catches up with the restored progress)
+        progress = getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None)
+        return int(progress.current.processed) if progress is not None else int(trainer.current_epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch used when no trainer is attached (plain loops)."""

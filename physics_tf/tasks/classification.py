@@ -40,7 +40,7 @@ from physics_tf.metrics import (
     PredictionAccumulator,
     summarize,
 )
-from physics_tf.tasks.common import model_inputs
+from physics_tf.tasks.common import estimate_total_steps, model_inputs
 from physics_tf.utils.io import atomic_path
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 
@@ -327,11 +327,10 @@ class ClassificationTask(L.LightningModule):
         if trainer is None:
             return None
         try:
-            total = trainer.estimated_stepping_batches
+            return estimate_total_steps(trainer)
         except Exception as err:  # e.g. a dataloader without __len__ and no max_steps
             rank_zero_warn(f"ClassificationTask: cannot estimate total steps ({err}); LR constant after warm-up")
             return None
-        return float(total)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -46,3 +46,29 @@ def model_inputs(batch: Mapping[str, torch.Tensor], net: nn.Module | None = None
                 f"missing {missing}, not accepted {unknown}"
             )
     return inputs
+
+
+def estimate_total_steps(trainer) -> float | None:
+    """Optimizer steps of the whole fit (for warm-up + decay schedules), or None when unknown.
+
+    Same result as ``Trainer.estimated_stepping_batches`` for physics_tf's data modules, but it never builds the
+    trainer's train iterator: Lightning's estimate does, before a resumed run has restored its loop state, and the
+    first resumed epoch would then replay epoch 0's data order. Falls back to Lightning's estimate when the
+    training data does not come from a data module with a sized train loader.
+    """
+    import math
+
+    max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    datamodule = getattr(trainer, "datamodule", None)
+    try:
+        batches = len(datamodule.train_dataloader())
+    except (AttributeError, TypeError, NotImplementedError):
+        total = float(trainer.estimated_stepping_batches)
+        return total if math.isfinite(total) else None
+    limit = trainer.limit_train_batches
+    batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
+    per_epoch = math.ceil(batches / max(trainer.accumulate_grad_batches, 1))
+    total = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf
+    if max_steps is not None:
+        total = min(total, max_steps)
+    return float(total) if math.isfinite(total) else None

@@ -1,0 +1,404 @@
+"""Auger surface-detector events: HDF5 / ROOT readers, a streaming dataset and the Lightning data module.
+
+File layout (written by :mod:`physics_tf.data.auger_sim`; users can write the same from their own simulations):
+one entry per event with the station fields ``traces`` (n, n, T) VEM per bin, ``times`` (n, n) ns relative to
+the hottest station, ``signals`` (n, n) VEM, ``positions`` (n, n, 3) m, ``mask`` (n, n) bool (True = triggered,
+working station), and the event fields ``energy`` (eV), ``zenith``, ``azimuth`` (rad), ``core`` (3,) m,
+``xmax`` (g/cm²), ``mass_number``, ``primary`` (index into ``("p", "He", "N", "Fe")``). HDF5: one dataset per
+field, events along axis 0. ROOT: a TTree (default ``events``) with one fixed-size-array branch per field
+(``uproot`` writes and reads them as (N, n, n, T) arrays; :func:`write_root` does it).
+
+Batch (batch contract of :mod:`physics_tf.tasks.common`), with n = ``grid_size`` and T = ``n_bins``:
+
+=============  =================  ==========================================================
+key            shape              content
+=============  =================  ==========================================================
+traces         (B, n, n, T)       ln(1 + VEM per bin), 0 at masked stations
+times          (B, n, n)          arrival time relative to the hottest station, µs
+signals        (B, n, n)          log10(1 + S/VEM)
+positions      (B, n, n, 3)       x, y in units of the 1500 m spacing, (z − 1400 m) / 100 m
+mask           (B, n, n) bool     True = station is real (triggered and working)
+y              (B, K)             standardised targets, (value − mean) / std per ``targets``
+aux_xmax       (B,)               X_max, g/cm²
+aux_lna        (B,)               ln A
+aux_lg_energy  (B,)               lg(E/eV)
+aux_zenith     (B,)               rad
+aux_primary    (B,) int64         primary index
+=============  =================  ==========================================================
+
+Streaming follows the jet data layer (:mod:`physics_tf.data.dataset`): each split is cut into blocks of
+``chunk_events`` consecutive events (a compressed HDF5 chunk each); per epoch the training blocks are shuffled
+with a seed of (seed, epoch), dealt to DDP ranks round-robin and, inside a rank, to DataLoader workers; a
+worker reads ``shuffle_blocks`` blocks at a time and shuffles the events among them. Every rank yields the same
+number of training batches (:func:`physics_tf.data.dataset.batches_per_rank` with ``drop_last``; a rank short
+of events wraps around its own blocks). Validation / test read every event once, in file order.
+
+Augmentation (``augment=true``, training only): the n×n axial rhombus is mapped onto itself by the 180°
+rotation (q, r) → (−q, −r) and by the mirror (q, r) → (r, q) (the reflection about the 30° line); the
+group they generate (4 elements) is the part of the grid's D6 symmetry that keeps a rhombus patch whole
+(60° rotations would move corner stations out of the patch). Positions are transformed with the same maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from physics_tf.data.datamodule import EpochDataLoader, _plain
+from physics_tf.data.dataset import batches_per_rank, expand_files
+from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
+
+__all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "TARGETS", "PRIMARIES"]
+
+log = logging.getLogger(__name__)
+
+PRIMARIES = ("p", "He", "N", "Fe")
+STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
+EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
+# default standardisation of the targets: (value - mean) / std
+TARGETS: dict[str, tuple[float, float]] = {"xmax": (750.0, 70.0), "lna": (2.0, 1.6)}
+SPACING = 1500.0
+ALTITUDE = 1400.0
+
+
+# ---------------------------------------------------------------------------------------------- readers
+class AugerEventFile:
+    """One HDF5 (``.h5``/``.hdf5``) or ROOT (``.root``) file of events; checks the layout on opening.
+
+    ``read(start, stop)`` returns the raw fields (numpy, file units) of events [start, stop), with the traces
+    cut to the first ``n_bins`` bins; bad values raise a one-line :class:`DataError` naming file and field.
+    """
+
+    def __init__(self, path: str | os.PathLike, grid_size: int, n_bins: int, treename: str = "events") -> None:
+        self.path = str(path)
+        self.grid_size, self.n_bins, self.treename = int(grid_size), int(n_bins), treename
+        self.kind = "root" if self.path.endswith(".root") else "hdf5"
+        self._handle = None
+        shapes = self._shapes()
+        for name in STATION_FIELDS + EVENT_FIELDS:
+            if name not in shapes:
+                raise MissingFieldError(self.path, f"missing (have {sorted(shapes)})", name)
+        self.n_events = int(shapes["xmax"][0])
+        n = self.grid_size
+        expect = {"traces": (n, n), "times": (n, n), "signals": (n, n), "positions": (n, n, 3), "mask": (n, n),
+                  "core": (3,)}
+        for name, tail in expect.items():
+            got = tuple(shapes[name][1 : 1 + len(tail)])
+            if got != tail or (name != "traces" and len(shapes[name]) != 1 + len(tail)):
+                raise DataError(self.path, f"shape {tuple(shapes[name][1:])} per event, expected {tail} "
+                                f"(grid_size={n} in the config)", name)
+        if len(shapes["traces"]) != 4:
+            raise DataError(self.path, f"shape {tuple(shapes['traces'][1:])} per event, expected ({n}, {n}, T)",
+                            "traces")
+        if shapes["traces"][3] < self.n_bins:
+            raise DataError(self.path, f"traces have {shapes['traces'][3]} bins, the config expects "
+                            f"n_bins={self.n_bins}", "traces")
+        for name in STATION_FIELDS + EVENT_FIELDS:
+            if shapes[name][0] != self.n_events:
+                raise DataError(self.path, f"{shapes[name][0]} entries but xmax has {self.n_events}", name)
+
+    def _open(self):
+        if self._handle is None:
+            try:
+                if self.kind == "root":
+                    import uproot
+
+                    self._handle = uproot.open(self.path)[self.treename]
+                else:
+                    import h5py
+
+                    self._handle = h5py.File(self.path, "r")
+            except (OSError, ValueError, KeyError) as err:
+                raise CorruptFileError(self.path, f"cannot open as {self.kind}: {err}") from None
+        return self._handle
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        h = self._open()
+        if self.kind == "hdf5":
+            return {k: tuple(v.shape) for k, v in h.items() if hasattr(v, "shape")}
+        n = h.num_entries
+        shapes = {}
+        for name, branch in h.items():
+            inner = branch.interpretation
+            dims = tuple(getattr(inner, "inner_shape", ()) or ())
+            shapes[name] = (n, *dims)
+        return shapes
+
+    def close(self) -> None:
+        if self._handle is not None and self.kind == "hdf5":
+            self._handle.close()
+        self._handle = None
+
+    def __getstate__(self):  # picklable for DataLoader workers: reopen lazily
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        h = self._open()
+        names = STATION_FIELDS + EVENT_FIELDS
+        if self.kind == "hdf5":
+            out = {k: h[k][start:stop] for k in names}
+        else:
+            out = h.arrays(list(names), library="np", entry_start=start, entry_stop=stop)
+            out = {k: np.asarray(out[k]) for k in names}
+        out["traces"] = out["traces"][..., : self.n_bins]
+        for name in ("traces", "times", "signals", "positions", "xmax", "energy", "zenith"):
+            bad = ~np.isfinite(out[name].reshape(len(out[name]), -1)).all(axis=1)
+            if bad.any():
+                raise InvalidValueError(self.path, f"non-finite values in event {start + int(np.argmax(bad))}", name)
+        empty = ~out["mask"].reshape(len(out["mask"]), -1).any(axis=1)
+        if empty.any():
+            raise InvalidValueError(self.path, f"event {start + int(np.argmax(empty))} has every station masked",
+                                    "mask")
+        prim = out["primary"]
+        if ((prim < 0) | (prim >= len(PRIMARIES))).any():
+            raise InvalidValueError(self.path, f"primary index outside 0..{len(PRIMARIES) - 1}", "primary")
+        return out
+
+
+def write_root(path: str | os.PathLike, events: Mapping[str, np.ndarray], treename: str = "events") -> Path:
+    """Write events (the fields of the module docstring) to a ROOT file atomically (fixed-size-array branches)."""
+    import uproot
+
+    from physics_tf.utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with uproot.recreate(tmp) as f:
+            f[treename] = {k: np.ascontiguousarray(events[k]) for k in STATION_FIELDS + EVENT_FIELDS}
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+_MIRROR = np.array([[0.5, math.sqrt(3) / 2], [math.sqrt(3) / 2, -0.5]])  # (q, r) → (r, q) acting on (x, y)
+
+
+def augment_events(raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Apply a random element of {id, 180° rotation, mirror q↔r, both} per event (see module docstring)."""
+    out = {k: v.copy() for k, v in raw.items()}
+    n = len(out["xmax"])
+    rot = rng.random(n) < 0.5
+    mir = rng.random(n) < 0.5
+    for name in STATION_FIELDS:
+        a = out[name]
+        a[rot] = a[rot][:, ::-1, ::-1]
+        a[mir] = np.swapaxes(a[mir], 1, 2)
+    pos = out["positions"]
+    pos[rot, ..., :2] *= -1.0
+    pos[mir, ..., :2] = pos[mir, ..., :2] @ _MIRROR.T
+    return out
+
+
+def to_batch(raw: Mapping[str, np.ndarray], targets: Sequence[str], norm: Mapping[str, Sequence[float]]
+             ) -> dict[str, torch.Tensor]:
+    """Raw fields (file units) → a batch dict of tensors (module docstring table)."""
+    mask = raw["mask"].astype(bool)
+    m = mask.astype(np.float32)
+    traces = np.log1p(np.maximum(raw["traces"].astype(np.float32), 0.0)) * m[..., None]
+    pos = raw["positions"].astype(np.float32)
+    pos = np.concatenate([pos[..., :2] / SPACING, (pos[..., 2:] - ALTITUDE) / 100.0], axis=-1)
+    lna = np.log(np.asarray(raw["mass_number"], dtype=np.float64))
+    truth = {"xmax": np.asarray(raw["xmax"], dtype=np.float64), "lna": lna}
+    y = np.stack([(truth[t] - norm[t][0]) / norm[t][1] for t in targets], axis=-1).astype(np.float32)
+    return {
+        "traces": torch.from_numpy(np.ascontiguousarray(traces)),
+        "times": torch.from_numpy((raw["times"].astype(np.float32) * 1e-3) * m),
+        "signals": torch.from_numpy(np.log10(1.0 + np.maximum(raw["signals"].astype(np.float32), 0.0)) * m),
+        "positions": torch.from_numpy(np.ascontiguousarray(pos)),
+        "mask": torch.from_numpy(mask),
+        "y": torch.from_numpy(y),
+        "aux_xmax": torch.from_numpy(truth["xmax"].astype(np.float32)),
+        "aux_lna": torch.from_numpy(lna.astype(np.float32)),
+        "aux_lg_energy": torch.from_numpy(np.log10(np.asarray(raw["energy"], dtype=np.float64)).astype(np.float32)),
+        "aux_zenith": torch.from_numpy(np.asarray(raw["zenith"], dtype=np.float32)),
+        "aux_primary": torch.from_numpy(np.asarray(raw["primary"]).astype(np.int64)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class AugerDataset(IterableDataset):
+    """Batches of Auger events from a list of files (see the module docstring for sharding and shuffling)."""
+
+    def __init__(self, files: Sequence[str], batch_size: int, *, train: bool, grid_size: int, n_bins: int,
+                 targets: Sequence[str], target_norm: Mapping[str, Sequence[float]], treename: str = "events",
+                 chunk_events: int = 256, shuffle_blocks: int = 8, augment: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.readers = [AugerEventFile(f, grid_size, n_bins, treename) for f in files]
+        for r in self.readers:
+            r.close()
+        self.batch_size, self.train = int(batch_size), bool(train)
+        self.targets, self.target_norm = list(targets), {k: tuple(v) for k, v in target_norm.items()}
+        self.shuffle_blocks, self.augment, self.seed = max(1, int(shuffle_blocks)), bool(augment), int(seed)
+        self.blocks = [(i, s, min(s + chunk_events, r.n_events)) for i, r in enumerate(self.readers)
+                       for s in range(0, r.n_events, chunk_events)]
+        self.num_entries = sum(r.n_events for r in self.readers)
+        if self.num_entries == 0:
+            raise DataError(files[0] if files else None, "no events in this split", None)
+        self.rank, self.world_size = rank, world_size
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def _rank_blocks(self, epoch: int) -> list[tuple[int, int, int]]:
+        blocks = list(self.blocks)
+        if self.train:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
+            blocks = [blocks[i] for i in order]
+        return blocks[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        if self.train:
+            return max(1, batches_per_rank(self.num_entries, self.world_size, self.batch_size, drop_last=True))
+        n = sum(b[2] - b[1] for b in self._rank_blocks(0))
+        return math.ceil(n / self.batch_size)
+
+    def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+        epoch = self._epoch if epoch is None else epoch
+        blocks = self._rank_blocks(epoch)[worker_id::num_workers]
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id, 1])
+        if self.train:
+            total = len(self)
+            quota = total // num_workers + (1 if worker_id < total % num_workers else 0)
+        else:
+            quota = None
+        if not blocks:
+            return
+        done, pending, i = 0, None, 0
+        while quota is None or done < quota:
+            if not self.train and i >= len(blocks):
+                break
+            group = [blocks[(i + k) % len(blocks)] for k in range(self.shuffle_blocks if self.train else 1)]
+            i += len(group)
+            parts = [self.readers[f].read(s, e) for f, s, e in group]
+            raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            if pending is not None:
+                raw = {k: np.concatenate([pending[k], raw[k]]) for k in raw}
+            if self.train:
+                perm = rng.permutation(len(raw["xmax"]))
+                raw = {k: v[perm] for k, v in raw.items()}
+            n = len(raw["xmax"])
+            stop = n - n % self.batch_size if self.train else n
+            for s in range(0, stop, self.batch_size):
+                if quota is not None and done >= quota:
+                    break
+                sub = {k: v[s : s + self.batch_size] for k, v in raw.items()}
+                if self.augment and self.train:
+                    sub = augment_events(sub, rng)
+                yield to_batch(sub, self.targets, self.target_norm)
+                done += 1
+            pending = {k: v[stop:] for k, v in raw.items()} if stop < n else None
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.iter_worker(wid, nw)
+
+
+# ---------------------------------------------------------------------------------------------- data module
+class AugerDataModule(pl.LightningDataModule):
+    """Train/val/test loaders of Auger SD events (HDF5 or ROOT), built by Hydra from ``conf/data/auger_sim.yaml``.
+
+    Parameters
+    ----------
+    files: ``{train: [globs], val: [...], test: [...]}``.
+    grid_size, n_bins: the n of the n×n patch and the trace length the model is built for; files must match
+        the grid and have at least ``n_bins`` bins (longer traces are cut).
+    targets: any of ``xmax``, ``lna``; ``target_norm`` overrides the (mean, std) of :data:`TARGETS`.
+    batch_size, num_workers, chunk_events, shuffle_blocks, augment, seed, pin_memory, treename: see module doc.
+    """
+
+    def __init__(self, files: Mapping[str, Any], grid_size: int = 9, n_bins: int = 120,
+                 targets: Sequence[str] = ("xmax",), target_norm: Mapping[str, Sequence[float]] | None = None,
+                 batch_size: int = 64, num_workers: int = 0, chunk_events: int = 256, shuffle_blocks: int = 8,
+                 augment: bool = False, seed: int = 0, pin_memory: bool = False, treename: str = "events") -> None:
+        super().__init__()
+        self.files = _plain(files) or {}
+        self.grid_size, self.n_bins = int(grid_size), int(n_bins)
+        self.targets = [str(t) for t in _plain(targets)]
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise DataError("<config>", f"targets {self.targets}: expected a non-empty subset of {list(TARGETS)}",
+                            "targets")
+        self.target_norm = {**TARGETS, **{k: tuple(v) for k, v in (_plain(target_norm) or {}).items()}}
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.chunk_events, self.shuffle_blocks = int(chunk_events), int(shuffle_blocks)
+        self.augment, self.seed, self.pin_memory, self.treename = bool(augment), int(seed), bool(pin_memory), treename
+        self.datasets: dict[str, AugerDataset] = {}
+        self._epoch = 0
+
+    @property
+    def model_dims(self) -> dict[str, int]:
+        """Sizes the network is built with: ``grid_size``, ``n_bins``, ``num_targets``."""
+        return {"grid_size": self.grid_size, "n_bins": self.n_bins, "num_targets": len(self.targets)}
+
+    @property
+    def task_kwargs(self) -> dict[str, Any]:
+        return {"target_names": list(self.targets),
+                "target_mean": [float(self.target_norm[t][0]) for t in self.targets],
+                "target_std": [float(self.target_norm[t][1]) for t in self.targets],
+                "primaries": list(PRIMARIES)}
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        return 0, 1
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage, ("train", "val", "test"))
+        rank, world = self._rank_world()
+        for split in splits:
+            patterns = self.files.get(split) or []
+            if not patterns:
+                continue
+            if split in self.datasets:
+                self.datasets[split].set_distributed(rank, world)
+                continue
+            files = expand_files(patterns, split)
+            self.datasets[split] = AugerDataset(
+                files, self.batch_size, train=split == "train", grid_size=self.grid_size, n_bins=self.n_bins,
+                targets=self.targets, target_norm=self.target_norm, treename=self.treename,
+                chunk_events=self.chunk_events, shuffle_blocks=self.shuffle_blocks, augment=self.augment,
+                seed=self.seed, rank=rank, world_size=world)
+            log.info("%s: %d files, %d events, %d batches per rank", split, len(files),
+                     self.datasets[split].num_entries, len(self.datasets[split]))
+
+    def _loader(self, split: str) -> EpochDataLoader:
+        if split not in self.datasets:
+            if not self.files.get(split):
+                raise DataError("<config>", f"data.files.{split} is not set; cannot build the {split} loader",
+                                f"files.{split}")
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return EpochDataLoader(self.datasets[split], self._current_epoch, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> EpochDataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> EpochDataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> EpochDataLoader:
+        return self._loader("test")

@@ -1,0 +1,114 @@
+"""A time-aware transformer over the observations of a multi-band light curve.
+
+Each observation (token) embeds the per-object normalised flux and flux error, its signal-to-noise, a learned
+band embedding and a continuous-time encoding of its time::
+
+    s   = max_j |flux_j|                                   (per object, over real observations)
+    h_j = W_x [flux_j/s, σ_j/s, asinh(flux_j/σ_j)/5] + E_band[b_j] + W_t PE(κ·(t_j − min_k t_k))
+
+with PE the sinusoidal encoding of a *real-valued* position (Vaswani et al. 2017; used on the real MJD by
+Astromer, Donoso-Oliva et al. 2023) — :func:`physics_tf.nn.embeddings.sinusoidal_encoding` — evaluated on the
+time in days since the object's first observation, scaled by κ = ``time_scale`` (the shortest wavelength of the
+encoding is 2π/κ days, the longest 2π·base/κ). Times are made relative inside the model, so shifting every time
+of an object by a constant leaves the prediction unchanged; the encoding depends only on the real time gaps,
+never on the token index, so the model is invariant to the order of the tokens.
+
+The metadata (photo-z, E(B−V), …, plus log10 s so that the absolute brightness is not lost by the normalisation)
+form one extra *conditioning token* that every observation attends to. After ``num_layers`` pre-LN transformer
+blocks a class token reads the sequence with ``num_cls_layers`` class-attention blocks (CaiT, arXiv 2103.17239)
+and a linear head gives the logits. Padding is masked everywhere (mask True = real observation), so padded
+positions never influence the output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from physics_tf.nn.attention import attention_mask
+from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
+from physics_tf.nn.embeddings import sinusoidal_encoding
+
+__all__ = ["LightCurveTransformer", "observation_features"]
+
+
+def observation_features(flux: Tensor, flux_err: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token features (B, L, 3) = [flux/s, σ/s, asinh(flux/σ)/5] (zero at padding) and log10 s (B, 1)."""
+    m = mask.to(flux.dtype)
+    scale = (flux.abs() * m).amax(dim=1, keepdim=True).clamp_min(1e-3)  # (B, 1)
+    snr = torch.asinh(flux / flux_err.clamp_min(1e-6)) / 5.0  # (B, L)
+    feats = torch.stack((flux / scale, flux_err / scale, snr), dim=-1) * m.unsqueeze(-1)  # (B, L, 3)
+    return feats, torch.log10(scale)
+
+
+def relative_time(time: Tensor, mask: Tensor) -> Tensor:
+    """time − (earliest real time of the object), zero at padding: (B, L)."""
+    t0 = time.masked_fill(~mask, float("inf")).amin(dim=1, keepdim=True)  # (B, 1)
+    t0 = torch.where(torch.isfinite(t0), t0, torch.zeros_like(t0))
+    return (time - t0) * mask.to(time.dtype)
+
+
+class LightCurveTransformer(nn.Module):
+    """Transformer classifier of light curves: ``forward(flux, flux_err, time, band, mask, meta) -> (B, K)``.
+
+    Parameters
+    ----------
+    num_classes, meta_dim, num_bands: sizes (from the data module's ``model_dims``).
+    dim, num_heads, num_layers, num_cls_layers, ffn_ratio: transformer width and depth.
+    dropout, attn_dropout: dropout of the blocks and of the attention weights.
+    time_scale, time_base: the time encoding's κ and base (module docstring).
+    """
+
+    def __init__(self, num_classes: int, meta_dim: int = 0, num_bands: int = 6, dim: int = 64, num_heads: int = 4,
+                 num_layers: int = 3, num_cls_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.1,
+                 attn_dropout: float = 0.0, time_scale: float = 4.0, time_base: float = 10000.0) -> None:
+        super().__init__()
+        self.config = dict(num_classes=num_classes, meta_dim=meta_dim, num_bands=num_bands, dim=dim,
+                           num_heads=num_heads, num_layers=num_layers, num_cls_layers=num_cls_layers,
+                           ffn_ratio=ffn_ratio, dropout=dropout, attn_dropout=attn_dropout, time_scale=time_scale,
+                           time_base=time_base)
+        self.dim, self.time_scale, self.time_base = dim, float(time_scale), float(time_base)
+        self.obs_proj = nn.Linear(3, dim)
+        self.band_embed = nn.Embedding(num_bands, dim)
+        self.time_proj = nn.Linear(dim, dim, bias=False)
+        self.meta_proj = nn.Sequential(nn.Linear(meta_dim + 1, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, ffn_ratio, dropout, attn_dropout, dropout)
+                                    for _ in range(num_layers))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.cls_blocks = nn.ModuleList(ClassAttentionBlock(dim, num_heads, ffn_ratio, dropout, attn_dropout, dropout)
+                                        for _ in range(num_cls_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    @property
+    def hparams_for_checkpoint(self) -> dict:
+        return dict(self.config)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def embed(self, flux: Tensor, flux_err: Tensor, time: Tensor, band: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Observation tokens (B, L, D) (zero at padding) and log10 of the flux scale (B, 1)."""
+        feats, log_scale = observation_features(flux, flux_err, mask)  # (B, L, 3), (B, 1)
+        t = relative_time(time, mask) * self.time_scale  # (B, L)
+        pe = sinusoidal_encoding(t, self.dim, self.time_base).to(feats.dtype)  # (B, L, D)
+        h = self.obs_proj(feats) + self.band_embed(band.clamp(0, self.band_embed.num_embeddings - 1)) \
+            + self.time_proj(pe)  # (B, L, D)
+        return h * mask.unsqueeze(-1).to(h.dtype), log_scale
+
+    def forward(self, flux: Tensor, flux_err: Tensor, time: Tensor, band: Tensor, mask: Tensor,
+                meta: Tensor | None = None) -> Tensor:
+        """flux, flux_err, time (B, L) float; band (B, L) int; mask (B, L) bool; meta (B, M) → logits (B, K)."""
+        mask = mask.bool()
+        h, log_scale = self.embed(flux, flux_err, time, band, mask)  # (B, L, D), (B, 1)
+        cond = log_scale if meta is None else torch.cat((meta.to(h.dtype), log_scale), dim=-1)  # (B, M + 1)
+        x = torch.cat((self.meta_proj(cond).unsqueeze(1), h), dim=1)  # (B, 1 + L, D)
+        keep = torch.cat((mask.new_ones(mask.shape[0], 1), mask), dim=1)  # (B, 1 + L) conditioning token is real
+        attn = attention_mask(keep)  # (B, 1, 1, 1 + L)
+        for block in self.blocks:
+            x = block(x, attn)  # (B, 1 + L, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # (B, 1, D)
+        for block in self.cls_blocks:
+            cls = block(cls, x, keep)  # (B, 1, D)
+        return self.head(self.norm(cls.squeeze(1)))  # (B, K)
