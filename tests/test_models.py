@@ -103,3 +103,21 @@ def test_part_requires_four_vectors():
     x, v, mask = random_jets()
     with pytest.raises(ValueError, match="four-vectors"):
         ParticleTransformer(7, 3, **SMALL_PART)(x, None, mask)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bf16_autocast_forward_backward(name):
+    """Mixed precision: bias/mask dtypes follow the autocast dtype; outputs finite and close to fp32."""
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x, v, mask = random_jets()
+    ref = model(x, v, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, v, mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, atol=0.15, rtol=0.1)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, v, mask).float().sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -190,3 +190,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(data_dir, tmp_path):
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], msg=key)
     assert not all(torch.equal(first["state_dict"][k], full[k]) for k in full)  # the second epoch did train
+
+
+def test_bf16_mixed_precision_run(data_dir, tmp_path):
+    cfg = compose_train(["experiment=jets_demo", f"paths.data_dir={data_dir}", *FAST, "trainer.precision=bf16-mixed"],
+                        tmp_path)
+    assert run_train(cfg)["num_jets"] > 0
