@@ -51,10 +51,11 @@ class RunStateInCheckpoint(L.Callback):
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # applied when training resumes, not now: the sanity check in between must not shift the draws
+        # applied at the first training batch after the restore, so nothing in between (the sanity check, loop
+        # bookkeeping) can shift the draws
         self._pending_rng = checkpoint.get(RNG_KEY)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         import random
 
         import numpy as np
@@ -148,8 +149,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             if cfg.get("test_ckpt", "best") == "best" and best:
                 ckpt = best
-            elif cfg.get("test_ckpt") == "last" and trainer.checkpoint_callback:
-                ckpt = trainer.checkpoint_callback.last_model_path or None
+            elif cfg.get("test_ckpt") == "last" and (output_dir / "checkpoints" / "last.ckpt").is_file():
+                ckpt = str(output_dir / "checkpoints" / "last.ckpt")
             log.info("testing with %s", ckpt or "the current weights")
             trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             if trainer.is_global_zero:

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from physics_tf.models.part import ParticleTransformer
+from physics_tf.models.part import ParticleTransformer, random_trim
 from physics_tf.models.pfn import ParticleFlowNetwork
 
-SMALL_PART = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1)
+SMALL_PART = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,
+                  train_trim_quantiles=None)
 MODELS = {
     "part": lambda: ParticleTransformer(7, 3, **SMALL_PART),
     "part_plain": lambda: ParticleTransformer(7, 3, use_interaction=False, **SMALL_PART),
@@ -121,3 +122,34 @@ def test_bf16_autocast_forward_backward(name):
         loss = model(x, v, mask).float().sum()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_random_trim_keeps_a_random_subset_of_real_particles():
+    torch.manual_seed(0)
+    n_real = torch.tensor([40, 30, 20, 10, 5, 3, 2, 1, 1, 1])
+    mask = torch.arange(48)[None] < n_real[:, None]
+    ids = torch.arange(48, dtype=torch.float32)[None, :, None].expand(10, 48, 1) * mask[..., None]
+    lengths = set()
+    for _ in range(20):
+        m, t = random_trim(mask, ids, quantile_range=(0.5, 0.9))
+        lengths.add(m.shape[1])
+        assert m.shape[1] <= 40 and (m.sum(1) == n_real.clamp(max=m.shape[1])).all()
+        for b in range(10):
+            kept = t[b, m[b], 0]
+            assert len(set(kept.tolist())) == len(kept) and (kept < n_real[b]).all()  # distinct real particles
+    assert len(lengths) > 1  # the quantile is random
+    m, t = random_trim(mask, ids, quantile_range=(1.0, 1.02))
+    assert m.shape[1] == 48 or (m.sum(1) == n_real).all()  # q = 1 keeps every particle
+
+
+def test_part_trims_randomly_only_in_training():
+    torch.manual_seed(0)
+    x, v, mask = random_jets()
+    model = ParticleTransformer(7, 3, **{**SMALL_PART, "train_trim_quantiles": (0.3, 0.3)}).eval()
+    torch.testing.assert_close(model(x, v, mask), model(x, v, mask))  # eval: deterministic, nothing dropped
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    outs = [model(x, v, mask) for _ in range(3)]
+    assert not all(torch.allclose(outs[0], o) for o in outs[1:])  # different random subsets

@@ -184,7 +184,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(data_dir, tmp_path):
     first = torch.load(tmp_path / "part1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert first["epoch"] == 0
     run_train(compose_train([*common, f"ckpt_path={tmp_path / 'part1' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "part2"))
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    full_ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert full_ckpt["epoch"] == 1  # last.ckpt is the last epoch even when val/auc did not improve
+    full = full_ckpt["state_dict"]
     resumed = torch.load(tmp_path / "part2" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert full.keys() == resumed.keys()
     for key in full:

@@ -125,13 +125,9 @@ class AugerEventFile:
         h = self._open()
         if self.kind == "hdf5":
             return {k: tuple(v.shape) for k, v in h.items() if hasattr(v, "shape")}
-        n = h.num_entries
-        shapes = {}
-        for name, branch in h.items():
-            inner = branch.interpretation
-            dims = tuple(getattr(inner, "inner_shape", ()) or ())
-            shapes[name] = (n, *dims)
-        return shapes
+        n = int(h.num_entries)
+        first = h.arrays(library="np", entry_stop=1) if n else {}  # TTree or RNTuple: shapes from one entry
+        return {name: (n, *np.asarray(first[name]).shape[1:]) for name in first}
 
     def close(self) -> None:
         if self._handle is not None and self.kind == "hdf5":

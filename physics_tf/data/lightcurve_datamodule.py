@@ -159,12 +159,17 @@ class LightCurveDataModule(pl.LightningDataModule):
     ----------
     files
         ``{train: X, val: X, test: X}``, X = path of an ``.h5`` file in our layout, or
-        ``{lightcurves: <*_set.csv>, metadata: <*_metadata.csv>}``; a missing / null split has no loader.
+        ``{lightcurves: <*_set.csv>, metadata: <*_metadata.csv>}`` (add ``partial_metadata: true`` when the
+        metadata file also lists objects of other light-curve files, as PLAsTiCC's test set does); a missing /
+        null split has no loader.
     classes
         PLAsTiCC class codes in label-index order (e.g. ``[90, 42, ...]``); an object of another class is an
         error. Known from the config alone, so the model can be built before :meth:`setup`.
     class_names
         Names in the same order (default ``"<name>_<code>"`` from :data:`PLASTICC_CLASSES`).
+    label_map
+        Codes replaced before the lookup, e.g. ``{991: 99, 992: 99, 993: 99, 994: 99}`` for the unblinded
+        PLAsTiCC test set, whose "other" objects carry the codes 991–994.
     meta_features
         Names from :data:`META_FEATURES` forming the ``meta`` vector.
     max_length
@@ -183,6 +188,7 @@ class LightCurveDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, files: Mapping[str, Any], classes: Sequence[int], class_names: Sequence[str] | None = None,
+                 label_map: Mapping[int, int] | None = None,
                  meta_features: Sequence[str] = ("hostgal_photoz", "hostgal_photoz_err", "mwebv", "ddf", "distmod",
                                                  "extragalactic"),
                  max_length: int = 256, val_fraction: float = 0.0, truncate_prob: float = 0.5,
@@ -199,6 +205,7 @@ class LightCurveDataModule(pl.LightningDataModule):
         if len(self.class_names) != len(self.classes):
             raise ConfigError("<config>", f"{len(self.class_names)} class_names for {len(self.classes)} classes",
                               "class_names")
+        self.label_map = {int(k): int(v) for k, v in (_plain(label_map) or {}).items()}
         self.meta_features = list(_plain(meta_features))
         for name in self.meta_features:
             if name not in META_FEATURES:
@@ -249,7 +256,7 @@ class LightCurveDataModule(pl.LightningDataModule):
             if out.is_file() and out.stat().st_mtime >= max(csv.stat().st_mtime, meta.stat().st_mtime):
                 continue
             log.info("converting %s + %s -> %s", csv, meta, out)
-            convert_plasticc_csv(csv, meta, out, self.chunk_rows)
+            convert_plasticc_csv(csv, meta, out, self.chunk_rows, bool(spec.get("partial_metadata", False)))
 
     def _load(self, split: str) -> tuple[LightCurves, np.ndarray, np.ndarray, str]:
         path = self._h5_path(split)
@@ -264,6 +271,8 @@ class LightCurveDataModule(pl.LightningDataModule):
         if target is None:
             raise DataError(path, "no target column (unlabelled data cannot be used for training / testing)",
                             "target")
+        if self.label_map:
+            target = np.array([self.label_map.get(int(t), int(t)) for t in target], dtype=np.int64)
         lut = {c: i for i, c in enumerate(self.classes)}
         bad = ~np.isin(target, self.classes)
         if bad.any():

@@ -11,7 +11,7 @@ code   class      model (rest-frame time x = (t − t0)/(1 + z) for extragalacti
 62     SN Ibc     Bazin, τ_rise 3–8 d, τ_fall 12–25 d, redder
 95     SLSN-I     Bazin, τ_rise 15–35 d, τ_fall 50–100 d, very luminous and blue
 15     TDE        rise 1/(1 + e^(−x/τ_rise)) times the fallback power law (1 + max(x, 0)/τ_fall)^(−5/3), blue
-64     kilonova   Bazin, τ_rise 0.3–1 d, τ_fall 1–2 d, red, low z
+64     kilonova   Bazin, τ_rise 0.1–0.4 d, τ_fall 1–2 d, red, low z
 88     AGN        damped random walk (Kelly et al. 2009), exact update over a gap Δt:
                   m' = m̄ + (m − m̄)e^(−Δt/τ) + N(0, (SF∞²/2)(1 − e^(−2Δt/τ))), τ 100–1000 d, SF∞ 0.1–0.3 mag
 92     RR Lyrae   asymmetric sawtooth in magnitude (fast rise over 15 % of the phase), P 0.3–0.9 d, 0.3–1.2 mag
@@ -25,7 +25,7 @@ code   class      model (rest-frame time x = (t − t0)/(1 + z) for extragalacti
 Colours: each class has a rest-frame colour law (magnitude offsets at the six LSST band centres 3685, 4802, 6231,
 7542, 8690, 9736 Å); an object observed at redshift z in band b takes the colour at rest wavelength λ_b/(1 + z)
 (linear interpolation — a crude K-correction), plus a per-object jitter. Red bands of Bazin-type transients
-decline more slowly (τ_fall grows with rest wavelength).
+decline more slowly: τ_fall,b = τ_fall·max(1 + s(λ_rest,b/6231 Å − 1), 0.5), kept ≥ 2 τ_rise.
 
 Extragalactic objects (90, 42, 62, 95, 15, 64, 88): z uniform in a class range; time dilation (1 + z) of every
 time scale; distance dimming m = M + μ(z) with μ = 5 log10(D_L / 10 pc) in flat ΛCDM (H0 = 70, Ωm = 0.3);
@@ -177,7 +177,7 @@ CLASSES: dict[int, ClassSpec] = {c.code: c for c in [
     ClassSpec(6, "mu-Lens-Single", False, (0.0, 0.0), (1.0, 0.3, 0.0, -0.1, -0.2, -0.3), (17.0, 21.0)),
 ]}
 _BAZIN = {90: ((2.0, 5.0), (20.0, 40.0), 0.6), 62: ((3.0, 8.0), (12.0, 25.0), 0.6),
-          95: ((15.0, 35.0), (50.0, 100.0), 0.3), 64: ((0.3, 1.0), (1.0, 2.0), 1.0)}  # τ_rise, τ_fall, red slope
+          95: ((15.0, 35.0), (50.0, 100.0), 0.3), 64: ((0.1, 0.4), (1.0, 2.0), 1.0)}  # τ_rise, τ_fall, red slope
 
 
 def draw_params(code: int, rng: np.random.Generator, survey: tuple[float, float] = (MJD_START, MJD_START + 1000.0)
@@ -254,9 +254,10 @@ def model_flux(p: Mapping[str, Any], mjd: np.ndarray, band: np.ndarray, mwebv: f
 
     if code in _BAZIN or code in (42, 15):
         if code in _BAZIN:
-            stretch = 1.0 + p["red_slope"] * (rest_lam / BAND_CENTRES[2] - 1.0)  # (6,) τ_fall grows to the red
-            shape = lambda xx, b: bazin(xx, p["tau_rise"], p["tau_fall"] * stretch[b])  # noqa: E731
-            lo, hi = -10 * p["tau_rise"], 5 * p["tau_fall"] * stretch.max()
+            stretch = np.maximum(1.0 + p["red_slope"] * (rest_lam / BAND_CENTRES[2] - 1.0), 0.5)  # (6,) redder: slower
+            tau_fall = np.maximum(p["tau_fall"] * stretch, 2.0 * p["tau_rise"])  # (6,) τ_fall > τ_rise keeps f → 0 early
+            shape = lambda xx, b: bazin(xx, p["tau_rise"], tau_fall[b])  # noqa: E731
+            lo, hi = -10 * p["tau_rise"], 5 * tau_fall.max()
         elif code == 42:
             shape = lambda xx, b: villar(xx, p["tau_rise"], p["tau_fall"], p["gamma"], p["nu"])  # noqa: E731
             lo, hi = -10 * p["tau_rise"], p["gamma"] + 1
@@ -380,6 +381,8 @@ def simulate_object(code: int, rng: np.random.Generator, n_seasons: int = 3, ddf
         if code == 65:  # flares placed where they are observed (PLAsTiCC kept variable M-dwarfs only)
             p["flare_times"] = mjd[rng.integers(len(mjd), size=p["n_flares"])] - rng.uniform(0, p["tau_d"], p["n_flares"])
         diff, total = model_flux(p, mjd, band, mwebv, rng)
+        if not (np.all(np.isfinite(diff)) and np.all(np.isfinite(total))):
+            raise FloatingPointError(f"class {code}: non-finite model flux for parameters {p}")
         f5 = 10.0 ** (-0.4 * (m5 - ZP))
         sky = f5 / 5.0
         err = np.sqrt(sky**2 + sky**2 * np.maximum(total, 0.0) / f5)

@@ -1,7 +1,7 @@
 """Baseline X_max network after the Pierre Auger Collaboration's SD network (JINST 16 (2021) P07019).
 
-A recurrent network (LSTM or GRU) reads every station's trace; its last hidden state, the station's arrival
-time, total signal and position form the station features; hexagonal convolutions mix neighbouring stations on
+A recurrent network (LSTM or GRU) reads every station's trace; its last hidden state and the time average of its
+hidden states, the station's arrival time, total signal and position form the station features; hexagonal convolutions mix neighbouring stations on
 the axial grid; a dense head regresses the targets.
 
 Hexagonal convolution on axial coordinates: with the patch stored as ``[q, r]`` (axis 1 = q, axis 2 = r) the six
@@ -66,7 +66,7 @@ class AugerHexConvNet(nn.Module):
         self.num_outputs = num_targets * (2 if predict_variance else 1)
         cls = nn.LSTM if rnn == "lstm" else nn.GRU
         self.rnn = cls(1, rnn_hidden, num_layers=rnn_layers, batch_first=True)
-        self.station = nn.Sequential(nn.Linear(rnn_hidden + 5, station_dim), nn.GELU(),
+        self.station = nn.Sequential(nn.Linear(2 * rnn_hidden + 5, station_dim), nn.GELU(),
                                      nn.Linear(station_dim, station_dim), nn.GELU())
         convs: list[nn.Module] = []
         c_in = station_dim
@@ -95,8 +95,11 @@ class AugerHexConvNet(nn.Module):
         flat_mask = mask.reshape(b, n * n)  # (B, S)
         tr = traces.reshape(b, n * n, self.n_bins)[flat_mask]  # (N_real, T)
         tr = tr.view(tr.shape[0], self.n_bins // self.trace_pool, self.trace_pool).sum(-1)  # (N_real, T')
-        _, h = self.rnn(tr.unsqueeze(-1))  # h: (layers, N_real, H) or (h, c) for LSTM
+        seq, h = self.rnn(tr.unsqueeze(-1))  # seq (N_real, T', H); h (layers, N_real, H) or (h, c) for LSTM
         h = (h[0] if isinstance(h, tuple) else h)[-1]  # (N_real, H)
+        # the last state alone forgets the early, informative part of the trace behind its quiet tail:
+        # add the time average of the hidden states
+        h = torch.cat([h, seq.mean(dim=1)], dim=-1)  # (N_real, 2H)
         extra = torch.cat([times.unsqueeze(-1), signals.unsqueeze(-1), positions], dim=-1)  # (B, n, n, 5)
         feats = self.station(torch.cat([h, extra.reshape(b, n * n, 5)[flat_mask]], dim=-1))  # (N_real, C)
         grid = scatter_real(feats, flat_mask).view(b, n, n, -1).permute(0, 3, 1, 2)  # (B, C, n, n)

@@ -37,6 +37,25 @@ def trim_to_longest(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     return (mask[:, :length], *(t[:, :length] for t in tensors))
 
 
+def random_trim(mask: Tensor, *tensors: Tensor, quantile_range: tuple[float, float] = (0.9, 1.02)) -> tuple[Tensor, ...]:
+    """Training-time trimming of the reference implementation (weaver-core's ``SequenceTrimmer``).
+
+    Draws q ~ U(quantile_range) (capped at 1), keeps L = the q-quantile of the batch's multiplicities, shuffles
+    the real particles of every jet (padding stays behind them) and cuts the particle axis to L — jets longer
+    than L lose a random subset of their particles. A regulariser and a speed-up (attention costs L²); ParT is
+    permutation invariant, so the shuffle changes nothing else. Inference never trims randomly.
+    """
+    counts = mask.sum(dim=1).float()  # (B,)
+    q = min(1.0, float(torch.empty(()).uniform_(*quantile_range)))
+    length = max(int(torch.quantile(counts, q)), 1)
+    if length >= mask.shape[1]:
+        return (mask, *tensors)
+    order = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0).argsort(dim=1, descending=True)
+    order = order[:, :length]  # (B, L): a random subset of the real particles first
+    gather = lambda t: t.gather(1, order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))  # noqa: E731
+    return (mask.gather(1, order), *(gather(t) for t in tensors))
+
+
 class ParticleTransformer(nn.Module):
     """ParT classifier. ``forward(x, v, mask) -> logits``.
 
@@ -49,6 +68,8 @@ class ParticleTransformer(nn.Module):
     dropout / attn_dropout / activation_dropout: particle blocks (0.1); class blocks use cls_dropout (0).
     fc_dims: optional hidden widths of the head before the final Linear (the reference uses none).
     trim: cut each batch to its longest real jet.
+    train_trim_quantiles: in training, additionally trim like the reference implementation (see
+    :func:`random_trim`; default (0.9, 1.02) as in weaver-core); None keeps every particle in training.
     """
 
     def __init__(
@@ -68,10 +89,12 @@ class ParticleTransformer(nn.Module):
         cls_dropout: float = 0.0,
         fc_dims: Sequence[int] = (),
         trim: bool = True,
+        train_trim_quantiles: Sequence[float] | None = (0.9, 1.02),
         pair_eps: float = 1e-8,
     ) -> None:
         super().__init__()
         self.trim = trim
+        self.train_trim_quantiles = tuple(train_trim_quantiles) if train_trim_quantiles is not None else None
         self.embed = ParticleEmbedding(input_dim, embed_dims)
         dim = self.embed.out_dim
         self.pair_embed = PairEmbedding(num_heads, pair_embed_dims, eps=pair_eps) if use_interaction else None
@@ -104,8 +127,11 @@ class ParticleTransformer(nn.Module):
         if self.pair_embed is not None and v is None:
             raise ValueError("ParticleTransformer with use_interaction=True needs the four-vectors v (B, P, 4)")
         if self.trim:
-            mask, x, *rest = trim_to_longest(mask, x, *([v] if v is not None else []))
-            v = rest[0] if rest else None
+            extra = [v] if v is not None else []
+            if self.training and self.train_trim_quantiles is not None:
+                mask, x, *extra = random_trim(mask, x, *extra, quantile_range=self.train_trim_quantiles)
+            mask, x, *extra = trim_to_longest(mask, x, *extra)
+            v = extra[0] if extra else None
         h = self.embed(x, mask)  # (B, L, d)
         bias = self.pair_embed(v, mask) if self.pair_embed is not None else None  # (B, H, L, L)
         attn_mask = attention_mask(mask, bias)  # built once for all blocks

@@ -93,6 +93,9 @@ class LightCurveClassificationTask(ClassificationTask):
         if len(self.class_codes) != len(self.class_names):
             raise ValueError(f"class_codes {self.class_codes} do not match class_names {self.class_names}")
         self.early_days = [float(d) for d in early_days]
+        # plain Python in the checkpoint (Hydra hands over ListConfigs, which torch.load(weights_only=True) refuses)
+        self.hparams["class_codes"] = list(self.class_codes)
+        self.hparams["early_days"] = list(self.early_days)
         self.early_outputs = nn.ModuleList(PredictionAccumulator() for _ in self.early_days)
         self._early_results: list[tuple[np.ndarray, np.ndarray]] = []
 

@@ -1,0 +1,226 @@
+"""Auger models and the regression task: hex neighbourhoods, mask handling, linear temporal attention,
+training, test-stage outputs, and the end-to-end experiments (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from physics_tf.data.auger import to_batch
+from physics_tf.data.auger_sim import AugerSimulator, axial_to_xy
+from physics_tf.models.auger_baseline import AugerHexConvNet, HexConv2d
+from physics_tf.models.auger_transformer import AugerTransformer, TemporalEncoder
+from physics_tf.tasks.regression import RegressionTask, merit_factor, regression_summary
+
+N, T = 9, 120
+
+
+def small_models(num_targets=1, predict_variance=False, n_bins=T):
+    torch.manual_seed(0)
+    return {
+        "baseline": AugerHexConvNet(N, n_bins, num_targets, rnn="gru", rnn_hidden=8, trace_pool=4, station_dim=8,
+                                    conv_channels=(8, 8), head_dims=(16,), predict_variance=predict_variance),
+        "transformer": AugerTransformer(N, n_bins, num_targets, patch=10, temporal_dim=16, temporal_heads=2,
+                                        temporal_depth=1, dim=16, num_heads=2, depth=1,
+                                        predict_variance=predict_variance),
+    }
+
+
+@pytest.fixture(scope="module")
+def events():
+    return AugerSimulator().simulate(96, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def batch(events):
+    return to_batch({k: v[:16] for k, v in events.items()}, ["xmax"], {"xmax": (750.0, 70.0)})
+
+
+def inputs(b):
+    return {k: b[k] for k in ("traces", "times", "signals", "positions", "mask")}
+
+
+def test_hex_conv_delta_spreads_to_exactly_the_six_axial_neighbours():
+    conv = HexConv2d(1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.weight.add_(torch.rand_like(conv.weight))  # any weights: the mask alone decides the support
+    x = torch.zeros(1, 1, N, N)
+    q0, r0 = 4, 4
+    x[0, 0, q0, r0] = 1.0
+    out = conv(x)[0, 0]
+    hit = {(int(q), int(r)) for q, r in torch.nonzero(out).tolist()}
+    assert hit == {(q0, r0), (q0 + 1, r0), (q0 - 1, r0), (q0, r0 + 1), (q0, r0 - 1), (q0 + 1, r0 - 1),
+                   (q0 - 1, r0 + 1)}
+    # geometric check: every reached station except the centre is exactly one spacing away
+    x0, y0 = axial_to_xy(q0, r0, 1.0)
+    for q, r in hit - {(q0, r0)}:
+        xx, yy = axial_to_xy(q, r, 1.0)
+        assert math.isclose(math.hypot(xx - x0, yy - y0), 1.0, rel_tol=1e-9)
+    # the masked corners stay zero after an optimiser step too
+    out.sum().backward()
+    assert conv.weight.grad[0, 0, 0, 0] == 0 and conv.weight.grad[0, 0, 2, 2] == 0
+
+
+@pytest.mark.parametrize("name", ["baseline", "transformer"])
+def test_masked_stations_change_nothing(name, batch):
+    net = small_models()[name].eval()
+    x = inputs(batch)
+    ref = net(**x)
+    y = {k: v.clone() for k, v in x.items()}
+    dead = ~y["mask"]
+    y["traces"][dead] = torch.rand_like(y["traces"][dead]) * 5
+    y["times"][dead] = torch.randn_like(y["times"][dead])
+    y["signals"][dead] = 3.0
+    torch.testing.assert_close(net(**y), ref)
+    # a real station does matter
+    y["traces"][:, 4, 4] *= 2
+    assert not torch.allclose(net(**y), ref)
+
+
+def test_transformer_is_invariant_to_station_order(batch):
+    net = small_models()["transformer"].eval()
+    x = inputs(batch)
+    perm = torch.randperm(N * N, generator=torch.Generator().manual_seed(0))
+    y = {k: v.reshape(v.shape[0], N * N, *v.shape[3:])[:, perm].reshape(v.shape) for k, v in x.items()}
+    torch.testing.assert_close(net(**y), net(**x), atol=1e-5, rtol=1e-5)
+
+
+def count_attention(monkeypatch, fn):
+    """Number of attention-matrix elements (B·H·Lq·Lk summed over calls) computed while running ``fn``."""
+    import torch.nn.functional as F
+
+    total = {"n": 0}
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        total["n"] += q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    with torch.no_grad():
+        fn()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    return total["n"]
+
+
+def test_temporal_attention_memory_grows_linearly_with_trace_length(monkeypatch):
+    enc = TemporalEncoder(patch=10, dim=16, num_heads=2, depth=2, window=12)
+    counts = {}
+    for length in (120, 240, 480, 960):
+        counts[length] = count_attention(monkeypatch, lambda: enc(torch.rand(3, length)))
+    for length in (240, 480, 960):
+        assert counts[length] / counts[120] == pytest.approx(length / 120, rel=0.1)  # linear
+    naive = 3 * 2 * 2 * 960 * 960  # stations · heads · layers · L²
+    assert counts[960] < naive / 50
+    # peak activation memory of a forward pass, measured by the profiler: also ~linear
+    from torch.profiler import ProfilerActivity, profile
+
+    def peak(length):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            enc(torch.rand(8, length))
+        return sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0)
+
+    ratio = peak(960) / peak(240)
+    assert 2.5 < ratio < 6.0  # 4× the length: ~4× the memory (naive attention would give ~16×)
+
+
+@pytest.mark.parametrize("name", ["baseline", "transformer"])
+def test_shapes_gaussian_outputs_and_wrong_inputs(name, batch):
+    net = small_models(num_targets=2, predict_variance=True)[name]
+    out = net(**inputs(batch))
+    assert out.shape == (16, 4)
+    out.sum().backward()
+    bad = inputs(batch)
+    bad["traces"] = bad["traces"][..., :60]
+    with pytest.raises(ValueError, match="traces: shape"):
+        net(**bad)
+
+
+@pytest.mark.parametrize("name", ["baseline", "transformer"])
+def test_short_training_lowers_the_loss(name, events):
+    torch.manual_seed(0)
+    b = to_batch({k: v[:24] for k, v in events.items()}, ["xmax"], {"xmax": (750.0, 70.0)})
+    task = RegressionTask(small_models()[name], ["xmax"], [750.0], [70.0])
+    opt = torch.optim.AdamW(task.parameters(), lr=5e-3)
+
+    def loss_now():  # train mode: BatchNorm uses the batch statistics, as during the steps
+        with torch.no_grad():
+            return task._loss(*task._outputs(b), b).item()
+
+    before = loss_now()
+    for _ in range(15):
+        loss = task._loss(*task._outputs(b), b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss_now() < 0.75 * before
+
+
+def test_merit_factor_and_summary():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(800, 30, 5000), rng.normal(700, 40, 5000)
+    assert merit_factor(a, b) == pytest.approx(100 / 50, rel=0.05)
+    true = np.concatenate([a, b])
+    prim = np.repeat([0, 3], 5000)
+    pred = true + rng.normal(5, 20, len(true))
+    lge = rng.uniform(18.5, 20.2, len(true))
+    s = regression_summary({"xmax": pred}, {"xmax": true}, lge, prim, ["p", "He", "N", "Fe"], [18.5, 19.5, 20.3])
+    assert s["xmax"]["bias"] == pytest.approx(5, abs=1) and s["xmax"]["resolution"] == pytest.approx(20, rel=0.05)
+    assert set(s["xmax"]["per_primary"]) == {"p", "Fe"}
+    assert [x["n"] for x in s["xmax"]["vs_lg_energy"]] == [int(((lge >= 18.5) & (lge < 19.5)).sum()),
+                                                          int(((lge >= 19.5) & (lge < 20.3)).sum())]
+    assert s["xmax"]["merit_factor_p_fe"] < s["xmax"]["merit_factor_p_fe_true"]
+
+
+def test_test_stage_writes_metrics_and_plots(events, tmp_path):
+    import lightning as L
+
+    batches = [to_batch({k: v[i : i + 32] for k, v in events.items()}, ["xmax", "lna"],
+                        {"xmax": (750.0, 70.0), "lna": (2.0, 1.6)}) for i in (0, 32, 64)]
+    task = RegressionTask(small_models(num_targets=2)["baseline"], ["xmax", "lna"], [750.0, 2.0], [70.0, 1.6],
+                          loss="huber", output_dir=tmp_path)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, train_dataloaders=batches, val_dataloaders=batches[:1])
+    trainer.test(task, dataloaders=batches, verbose=False)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["num_events"] == 96
+    assert {"bias", "resolution", "per_primary", "vs_lg_energy", "merit_factor_p_fe"} <= set(m["xmax"])
+    assert "resolution" in m["lna"]
+    for name in ("resolution.png", "residuals.png", "predictions.npz"):
+        assert (tmp_path / name).is_file(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["auger_baseline", "auger_transformer"])
+def test_experiment_fast_dev_run(experiment, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from physics_tf.config import config_dir
+    from physics_tf.data.auger_sim import run_generate
+    from physics_tf.training import run_train
+
+    data = tmp_path / "data"
+    run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": 64, "n_val": 32,
+                                   "n_test": 32, "chunk": 32, "seed": 0, "progress": False}))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data}",
+                                          "trainer.fast_dev_run=true", "data.batch_size=16", "logger=none"],
+                      return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg.hydra
+    metrics = run_train(cfg)
+    assert "merit_factor_p_fe" in metrics["xmax"]
+    for name in ("metrics.json", "resolution.png", "residuals.png", "config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
