@@ -239,3 +239,11 @@ def test_unblinded_column_aliases_gzip_and_partial_metadata(tmp_path):
     lc = read_plasticc_csv(lc_path, meta_path, partial_metadata=True)
     assert lc.object_id.tolist() == [615, 713] and lc.meta["ddf"].tolist() == [1, 1]
     assert lc.meta["target"].tolist() == [92, 88] and lc.obs["detected"].tolist() == [1, 1, 0, 0, 0]
+
+
+def test_datamodule_rejects_values_beyond_float32(tmp_path, sim_lc):
+    bad = sim_lc.select(np.arange(len(sim_lc)))
+    bad.obs["flux"][bad.offsets[5] + 2] = 1e60
+    write_lightcurves_h5(bad, tmp_path / "bad.h5")
+    with pytest.raises(DataError, match=f"object_id {int(bad.object_id[5])}: value not finite in float32"):
+        LightCurveDataModule({"test": str(tmp_path / "bad.h5")}, CODES).setup("test")

@@ -139,6 +139,7 @@ def lc_data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # ~6 s each (Lightning + plots); tests/test_pipelines.py runs every experiment by default
 @pytest.mark.parametrize("experiment", ["lightcurves_transformer", "lightcurves_gru"])
 def test_experiment_fast_dev_run(experiment, lc_data_dir, tmp_path):
     from hydra import compose, initialize_config_dir
@@ -153,8 +154,7 @@ def test_experiment_fast_dev_run(experiment, lc_data_dir, tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={lc_data_dir}",
                                           "trainer.fast_dev_run=true", "data.batch_size=24", "data.max_length=32",
-                                          "logger=none", "model.num_layers=1" if "transformer" in experiment
-                                          else "model.num_layers=1"], return_hydra_config=True)
+                                          "logger=none", "model.num_layers=1"], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)

@@ -22,7 +22,8 @@ from conftest import synth_jetclass
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-FAST = ["trainer.fast_dev_run=true", "data.batch_size=16", "data.shuffle_buffer=64"]
+FAST = ["trainer.fast_dev_run=true", "data.batch_size=16"]
+FAST_DATA = {"jets": ["data.shuffle_buffer=64"], "lightcurves": ["data.max_length=32"]}  # per data module
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,9 @@ def data_dir(tmp_path_factory):
     for i, split in enumerate(["train", "val", "test"]):
         p, j, lab = synth_jetclass(120, seed=i, classes=(0, 8), max_particles=20)
         write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    from physics_tf.data.lightcurve_sim import write_dataset
+
+    write_dataset(root / "generated" / "lightcurves_sim", {"train": 24, "val": 12, "test": 24}, seed=1, csv=False)
     return root
 
 
@@ -50,7 +54,8 @@ def compose_train(overrides: list[str], output_dir: Path, config_name: str = "tr
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_fast_dev_run(experiment, data_dir, tmp_path):
-    cfg = compose_train([f"experiment={experiment}", f"paths.data_dir={data_dir}", *FAST], tmp_path)
+    extra = FAST_DATA.get(experiment.split("_")[0], [])
+    cfg = compose_train([f"experiment={experiment}", f"paths.data_dir={data_dir}", *FAST, *extra], tmp_path)
     assert cfg.experiment_name == experiment
     metrics = run_train(cfg)
     assert {"accuracy", "auc_macro"} <= set(metrics)

@@ -267,6 +267,12 @@ class LightCurveDataModule(pl.LightningDataModule):
                 raise DataError(path, "file not found (generated data: run `python pipelines/generate.py "
                                 "gen=lightcurves_sim`; your own: set data.files)", f"files.{split}")
         lc = read_lightcurves_h5(path)
+        for col in ("mjd", "flux", "flux_err"):  # the models run in float32 (mjd: relative times)
+            v = lc.obs[col] - (lc.obs[col].min() if col == "mjd" and len(lc.obs[col]) else 0.0)
+            bad = ~np.isfinite(v) | (np.abs(v) > np.finfo(np.float32).max)
+            if bad.any():
+                k = int(np.searchsorted(lc.offsets, int(np.flatnonzero(bad)[0]), side="right") - 1)
+                raise DataError(path, f"object_id {int(lc.object_id[k])}: value not finite in float32", col)
         target = lc.target
         if target is None:
             raise DataError(path, "no target column (unlabelled data cannot be used for training / testing)",
