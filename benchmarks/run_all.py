@@ -1,7 +1,7 @@
 """Run every benchmark and print their figures: `make bench` (a few minutes on 2 cores).
 
 Model throughput is measured side by side with weaver-core when the `[bench]` extra is installed; the loader
-benchmark needs the generated demo data (`python pipelines/generate.py`), which it generates if missing.
+and light-curve benchmarks need generated data, which they generate if missing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ def main() -> None:
         run([str(ROOT / "pipelines" / "generate.py")])
     run([str(HERE / "bench_loader.py")])
     run([str(HERE / "bench_loader.py"), "--repeat", "5"])
+    if not (ROOT / "data" / "generated" / "lightcurves_sim" / "test.h5").is_file():
+        run([str(ROOT / "pipelines" / "generate.py"), "data=lightcurves_sim"])
+    run([str(HERE / "bench_lightcurves.py")])
 
 
 if __name__ == "__main__":

@@ -67,9 +67,24 @@ def _generate(cfg: DictConfig) -> None:
     get_method(cfg.gen.get("runner", DEFAULT_GENERATOR))(cfg)
 
 
+def _data_alias_to_gen(argv: list[str]) -> list[str]:
+    """``generate.py data=NAME`` means ``gen=NAME``: generate the data set that data config NAME reads."""
+    out = []
+    for arg in argv:
+        if arg.startswith("data=") and (config_dir() / "gen" / f"{arg[5:]}.yaml").is_file():
+            arg = "gen=" + arg[5:]
+        out.append(arg)
+    return out
+
+
 train = hydra_entry("train", _train)
 evaluate = hydra_entry("evaluate", _evaluate)
-generate = hydra_entry("generate", _generate)
+_generate_main = hydra_entry("generate", _generate)
+
+
+def generate() -> Any:
+    sys.argv[1:] = _data_alias_to_gen(sys.argv[1:])
+    return _generate_main()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(train())
