@@ -1,5 +1,5 @@
 """Auger models and the regression task: hex neighbourhoods, mask handling, linear temporal attention,
-training, test-stage outputs, and the end-to-end experiments (slow)."""
+training, test-stage outputs, and the end-to-end experiments (fast_dev_run)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ from physics_tf.models.auger_transformer import AugerTransformer, TemporalEncode
 from physics_tf.tasks.regression import RegressionTask, merit_factor, regression_summary
 
 N, T = 9, 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster than two on a shared CPU (no oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def small_models(num_targets=1, predict_variance=False, n_bins=T):
@@ -146,19 +155,21 @@ def test_short_training_lowers_the_loss(name, events):
     torch.manual_seed(0)
     b = to_batch({k: v[:24] for k, v in events.items()}, ["xmax"], {"xmax": (750.0, 70.0)})
     task = RegressionTask(small_models()[name], ["xmax"], [750.0], [70.0])
-    opt = torch.optim.AdamW(task.parameters(), lr=5e-3)
+    opt = torch.optim.AdamW(task.parameters(), lr=2e-3 if name == "baseline" else 1e-3)
 
     def loss_now():  # train mode: BatchNorm uses the batch statistics, as during the steps
         with torch.no_grad():
             return task._loss(*task._outputs(b), b).item()
 
     before = loss_now()
-    for _ in range(15):
+    for _ in range(40):
         loss = task._loss(*task._outputs(b), b)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss_now() < 0.75 * before
+    after = loss_now()
+    assert after < 0.7 * before
+    assert after < 0.8 * b["y"].var(unbiased=False).item()  # better than the best constant prediction
 
 
 def test_merit_factor_and_summary():
@@ -186,8 +197,11 @@ def test_test_stage_writes_metrics_and_plots(events, tmp_path):
                           loss="huber", output_dir=tmp_path)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(task, train_dataloaders=batches, val_dataloaders=batches[:1])
-    trainer.test(task, dataloaders=batches, verbose=False)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(batches, batch_size=None)  # already batched dicts
+    trainer.fit(task, train_dataloaders=loader, val_dataloaders=DataLoader(batches[:1], batch_size=None))
+    trainer.test(task, dataloaders=loader, verbose=False)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["num_events"] == 96
     assert {"bias", "resolution", "per_primary", "vs_lg_energy", "merit_factor_p_fe"} <= set(m["xmax"])
@@ -196,7 +210,6 @@ def test_test_stage_writes_metrics_and_plots(events, tmp_path):
         assert (tmp_path / name).is_file(), name
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["auger_baseline", "auger_transformer"])
 def test_experiment_fast_dev_run(experiment, tmp_path):
     from hydra import compose, initialize_config_dir

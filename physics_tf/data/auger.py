@@ -264,7 +264,7 @@ class AugerDataset(IterableDataset):
     def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
                     ) -> Iterator[dict[str, torch.Tensor]]:
         epoch = self._epoch if epoch is None else epoch
-        blocks = self._rank_blocks(epoch)[worker_id::num_workers]
+        blocks = self._rank_blocks(epoch)[worker_id::num_workers] or (self._rank_blocks(epoch) if self.train else [])
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id, 1])
         if self.train:
             total = len(self)

@@ -1,8 +1,8 @@
 """Baseline X_max network after the Pierre Auger Collaboration's SD network (JINST 16 (2021) P07019).
 
 A recurrent network (LSTM or GRU) reads every station's trace; its last hidden state and the time average of its
-hidden states, the station's arrival time, total signal and position form the station features; hexagonal convolutions mix neighbouring stations on
-the axial grid; a dense head regresses the targets.
+hidden states, the station's arrival time, total signal and position form the station features; hexagonal
+convolutions mix neighbouring stations on the axial grid; a dense head regresses the targets.
 
 Hexagonal convolution on axial coordinates: with the patch stored as ``[q, r]`` (axis 1 = q, axis 2 = r) the six
 neighbours of (q, r) are (q±1, r), (q, r±1), (q+1, r−1), (q−1, r+1). A 3×3 kernel indexed [dq + 1, dr + 1]
@@ -55,7 +55,8 @@ class AugerHexConvNet(nn.Module):
 
     def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, rnn: str = "lstm", rnn_hidden: int = 32,
                  rnn_layers: int = 1, trace_pool: int = 2, station_dim: int = 32,
-                 conv_channels: tuple[int, ...] | list[int] = (64, 64, 64), head_dims: tuple[int, ...] | list[int] = (128,),
+                 conv_channels: tuple[int, ...] | list[int] = (64, 64, 64),
+                 head_dims: tuple[int, ...] | list[int] = (128,),
                  dropout: float = 0.0, predict_variance: bool = False) -> None:
         super().__init__()
         if rnn not in ("lstm", "gru"):
