@@ -48,12 +48,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from physics_tf.data.datamodule import EpochDataLoader, _plain
+from physics_tf.data.datamodule import StreamingDataModule, _plain
 from physics_tf.data.dataset import batches_per_rank, expand_files
 from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
 
@@ -305,7 +304,7 @@ class AugerDataset(IterableDataset):
 
 
 # ---------------------------------------------------------------------------------------------- data module
-class AugerDataModule(pl.LightningDataModule):
+class AugerDataModule(StreamingDataModule):
     """Train/val/test loaders of Auger SD events (HDF5 or ROOT), built by Hydra from ``conf/data/auger_sim.yaml``.
 
     Parameters
@@ -333,8 +332,6 @@ class AugerDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.chunk_events, self.shuffle_blocks = int(chunk_events), int(shuffle_blocks)
         self.augment, self.seed, self.pin_memory, self.treename = bool(augment), int(seed), bool(pin_memory), treename
-        self.datasets: dict[str, AugerDataset] = {}
-        self._epoch = 0
 
     @property
     def model_dims(self) -> dict[str, int]:
@@ -347,19 +344,6 @@ class AugerDataModule(pl.LightningDataModule):
                 "target_mean": [float(self.target_norm[t][0]) for t in self.targets],
                 "target_std": [float(self.target_norm[t][1]) for t in self.targets],
                 "primaries": list(PRIMARIES)}
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
-        return 0, 1
-
-    def _current_epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
@@ -381,20 +365,3 @@ class AugerDataModule(pl.LightningDataModule):
             log.info("%s: %d files, %d events, %d batches per rank", split, len(files),
                      self.datasets[split].num_entries, len(self.datasets[split]))
 
-    def _loader(self, split: str) -> EpochDataLoader:
-        if split not in self.datasets:
-            if not self.files.get(split):
-                raise DataError("<config>", f"data.files.{split} is not set; cannot build the {split} loader",
-                                f"files.{split}")
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        return EpochDataLoader(self.datasets[split], self._current_epoch, num_workers=self.num_workers,
-                               persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
-
-    def train_dataloader(self) -> EpochDataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> EpochDataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> EpochDataLoader:
-        return self._loader("test")

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from physics_tf.data.config import JetDataConfig
 from physics_tf.data.dataset import JetIterableDataset, build_pieces, expand_files
+from physics_tf.data.errors import DataError
 
-__all__ = ["JetDataModule", "EpochDataLoader"]
+__all__ = ["JetDataModule", "EpochDataLoader", "StreamingDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,66 @@ def _plain(x):
     return x
 
 
-class JetDataModule(pl.LightningDataModule):
+class StreamingDataModule(pl.LightningDataModule):
+    """What every physics_tf data module of streamed, sharded datasets shares.
+
+    Subclasses fill ``self.datasets[split]`` (datasets with ``set_epoch``) in :meth:`setup` and set ``files``,
+    ``num_workers`` and ``pin_memory``; this class finds the (rank, world size) to shard by, keeps the data epoch
+    in step with Lightning (also when a run resumes), and builds the :class:`EpochDataLoader` of each split.
+    """
+
+    files: Mapping[str, Any]
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, Any] = {}
+        self._epoch = 0
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return self._epoch
+        # Lightning's own sampler epoch: equals current_epoch during training, and is already right when a resumed
+        # run builds its first train iterator (before current_epoch catches up with the restored progress)
+        progress = getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None)
+        return int(progress.current.processed) if progress is not None else int(trainer.current_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used when no trainer is attached (plain loops)."""
+        self._epoch = int(epoch)
+
+    def _loader(self, split: str) -> EpochDataLoader:
+        if split not in self.datasets:
+            if not self.files.get(split):
+                raise DataError("<config>", f"data.files.{split} is not set; cannot build the {split} loader",
+                                f"files.{split}")
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return EpochDataLoader(self.datasets[split], self._current_epoch, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> EpochDataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> EpochDataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> EpochDataLoader:
+        return self._loader("test")
+
+
+class JetDataModule(StreamingDataModule):
     """Train/val/test loaders of padded jet batches (see ``physics_tf.data.dataset`` for sharding).
 
     Parameters
@@ -94,8 +154,7 @@ class JetDataModule(pl.LightningDataModule):
         self.shuffle_buffer = int(shuffle_buffer)
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
-        self.datasets: dict[str, JetIterableDataset] = {}
-        self._epoch = 0
+        self.files = self.cfg.files
 
     # ------------------------------------------------------------------ from config, no I/O
     @property
@@ -124,30 +183,6 @@ class JetDataModule(pl.LightningDataModule):
         """What the task needs to know about the data (``instantiate(cfg.task, net=..., **dm.task_kwargs)``)."""
         return {"class_names": list(self.class_names)}
 
-    # ------------------------------------------------------------------ distributed position
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
-    def _current_epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return self._epoch
-        # Lightning's own sampler epoch: equals current_epoch during training, and is already right when a resumed
-        # run builds its first train iterator (before current_epoch catches up with the restored progress)
-        progress = getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None)
-        return int(progress.current.processed) if progress is not None else int(trainer.current_epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used when no trainer is attached (plain loops)."""
-        self._epoch = int(epoch)
-
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
         """Expand the globs and cut the files into pieces (metadata only) for the splits ``stage`` needs."""
@@ -169,19 +204,3 @@ class JetDataModule(pl.LightningDataModule):
             log.info("%s: %d files, %d jets, %d batches per rank (rank %d of %d)", split, len(files),
                      self.datasets[split].num_entries, len(self.datasets[split]), rank, world)
 
-    def _loader(self, split: str) -> EpochDataLoader:
-        if split not in self.datasets:
-            if not self.cfg.files.get(split):
-                raise ValueError(f"data.files.{split} is not set; cannot build the {split} dataloader")
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        return EpochDataLoader(self.datasets[split], self._current_epoch, num_workers=self.num_workers,
-                               persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
-
-    def train_dataloader(self) -> EpochDataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> EpochDataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> EpochDataLoader:
-        return self._loader("test")

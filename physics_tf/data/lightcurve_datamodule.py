@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from physics_tf.data.datamodule import _plain
 from physics_tf.data.errors import ConfigError, DataError, UnknownLabelError
 from physics_tf.data.lightcurves import LightCurves, convert_plasticc_csv, read_lightcurves_h5, window
 
@@ -139,17 +140,6 @@ def collate_lightcurves(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.T
     out["aux_first_detection"] = torch.tensor([it["aux_first_detection"] for it in items], dtype=torch.float32)
     out["aux_object_id"] = torch.tensor([int(it["aux_object_id"]) for it in items], dtype=torch.long)
     return out
-
-
-def _plain(x):
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(x, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return x
 
 
 class LightCurveDataModule(pl.LightningDataModule):
