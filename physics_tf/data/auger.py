@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from physics_tf.data.datamodule import StreamingDataModule, _plain
-from physics_tf.data.dataset import batches_per_rank, expand_files
+from physics_tf.data.dataset import batches_per_rank
 from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
 
 __all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "TARGETS", "PRIMARIES"]
@@ -345,23 +345,10 @@ class AugerDataModule(StreamingDataModule):
                 "target_std": [float(self.target_norm[t][1]) for t in self.targets],
                 "primaries": list(PRIMARIES)}
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
-            stage, ("train", "val", "test"))
-        rank, world = self._rank_world()
-        for split in splits:
-            patterns = self.files.get(split) or []
-            if not patterns:
-                continue
-            if split in self.datasets:
-                self.datasets[split].set_distributed(rank, world)
-                continue
-            files = expand_files(patterns, split)
-            self.datasets[split] = AugerDataset(
-                files, self.batch_size, train=split == "train", grid_size=self.grid_size, n_bins=self.n_bins,
-                targets=self.targets, target_norm=self.target_norm, treename=self.treename,
-                chunk_events=self.chunk_events, shuffle_blocks=self.shuffle_blocks, augment=self.augment,
-                seed=self.seed, rank=rank, world_size=world)
-            log.info("%s: %d files, %d events, %d batches per rank", split, len(files),
-                     self.datasets[split].num_entries, len(self.datasets[split]))
+    def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> AugerDataset:
+        return AugerDataset(
+            files, self.batch_size, train=split == "train", grid_size=self.grid_size, n_bins=self.n_bins,
+            targets=self.targets, target_norm=self.target_norm, treename=self.treename,
+            chunk_events=self.chunk_events, shuffle_blocks=self.shuffle_blocks, augment=self.augment,
+            seed=self.seed, rank=rank, world_size=world)
 

@@ -96,6 +96,27 @@ class StreamingDataModule(pl.LightningDataModule):
         """Epoch used when no trainer is attached (plain loops)."""
         self._epoch = int(epoch)
 
+    def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> Any:
+        """The split's dataset for ``files`` (globs expanded), sharded for ``rank`` of ``world``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Expand the globs and build (or re-shard) the datasets of the splits ``stage`` needs."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
+                  None: ("train", "val", "test")}.get(stage, ("train", "val", "test"))
+        rank, world = self._rank_world()
+        for split in splits:
+            patterns = self.files.get(split) or []
+            if not patterns:
+                continue
+            if split in self.datasets:
+                self.datasets[split].set_distributed(rank, world)
+                continue
+            files = expand_files(patterns, split)
+            self.datasets[split] = dataset = self._build_dataset(split, files, rank, world)
+            log.info("%s: %d files, %d entries, %d batches per rank (rank %d of %d)", split, len(files),
+                     dataset.num_entries, len(dataset), rank, world)
+
     def _loader(self, split: str) -> EpochDataLoader:
         if split not in self.datasets:
             if not self.files.get(split):
@@ -184,23 +205,9 @@ class JetDataModule(StreamingDataModule):
         return {"class_names": list(self.class_names)}
 
     # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str | None = None) -> None:
-        """Expand the globs and cut the files into pieces (metadata only) for the splits ``stage`` needs."""
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
-                  None: ("train", "val", "test")}.get(stage, ("train", "val", "test"))
-        rank, world = self._rank_world()
-        for split in splits:
-            patterns = self.cfg.files.get(split) or []
-            if not patterns:
-                continue
-            if split in self.datasets:
-                self.datasets[split].set_distributed(rank, world)
-                continue
-            files = expand_files(patterns, split)
-            pieces = build_pieces(files, self.cfg)
-            self.datasets[split] = JetIterableDataset(
-                self.cfg, files, self.batch_size, train=(split == "train"), shuffle_buffer=self.shuffle_buffer,
-                seed=self.seed, rank=rank, world_size=world, pieces=pieces)
-            log.info("%s: %d files, %d jets, %d batches per rank (rank %d of %d)", split, len(files),
-                     self.datasets[split].num_entries, len(self.datasets[split]), rank, world)
+    def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> JetIterableDataset:
+        """Cut the files into pieces (metadata only) and build the split's streaming dataset."""
+        return JetIterableDataset(
+            self.cfg, files, self.batch_size, train=(split == "train"), shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed, rank=rank, world_size=world, pieces=build_pieces(files, self.cfg))
 
