@@ -210,7 +210,7 @@ def test_test_stage_writes_metrics_and_plots(events, tmp_path):
         assert (tmp_path / name).is_file(), name
 
 
-@pytest.mark.parametrize("experiment", ["auger_baseline", "auger_transformer"])
+@pytest.mark.parametrize("experiment", ["auger_baseline", "auger_hexconv", "auger_transformer"])
 def test_experiment_fast_dev_run(experiment, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
