@@ -123,3 +123,20 @@ def test_pair_embedding_symmetric_and_zero_at_padding():
     torch.testing.assert_close(bias, bias.transpose(-1, -2))
     assert (bias[1, :, 2:, :] == 0).all() and (bias[1, :, :, 2:] == 0).all()
     torch.testing.assert_close(bias[1, :, :2, :2], bias[0, :, :2, :2])
+
+
+def test_class_token_pool_summarises_real_elements_only():
+    from physics_tf.nn.blocks import ClassTokenPool
+    from physics_tf.tasks.classification import split_weight_decay_params
+
+    torch.manual_seed(5)
+    pool = ClassTokenPool(16, 4, num_layers=2).eval()
+    x = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    out = pool(x, mask)
+    assert out.shape == (2, 16)
+    torch.testing.assert_close(pool(x[:, [5, 2, 0, 4, 1, 3]], mask[:, [5, 2, 0, 4, 1, 3]]), out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pool(x[1:, :3], mask[1:, :3]), out[1:], atol=1e-5, rtol=1e-5)
+    wrapper = torch.nn.ModuleDict({"pool": pool})
+    _, no_decay = split_weight_decay_params(wrapper)
+    assert "pool.cls_token" in no_decay

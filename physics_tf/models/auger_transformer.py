@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from physics_tf.nn.attention import attention_mask
-from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
+from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
 from physics_tf.nn.embeddings import scatter_real, sinusoidal_encoding
 
 __all__ = ["TemporalEncoder", "AugerTransformer"]
@@ -40,11 +40,7 @@ class TemporalEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
              for _ in range(depth)])
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.pool = ClassAttentionBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout,
-                                        activation_dropout=dropout)
-        self.norm = nn.LayerNorm(dim)
+        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         n, t = x.shape
@@ -61,8 +57,7 @@ class TemporalEncoder(nn.Module):
         for blk in self.blocks:
             hw = blk(hw, am)  # (N·nw, w, D)
         h = hw.reshape(n, nw * w, self.dim)  # (N, nw·w, D)
-        cls = self.pool(self.cls_token.expand(n, 1, self.dim), h, real.expand(n, -1))  # (N, 1, D)
-        return self.norm(cls[:, 0])  # (N, D)
+        return self.pool(h, real.expand(n, -1))  # (N, D)
 
 
 class AugerTransformer(nn.Module):
@@ -88,15 +83,8 @@ class AugerTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
              for _ in range(depth)])
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.pool = ClassAttentionBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout,
-                                        activation_dropout=dropout)
-        self.norm = nn.LayerNorm(dim)
+        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
         self.head = nn.Linear(dim, self.num_outputs)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "temporal.cls_token"}
 
     def forward(self, traces: Tensor, times: Tensor, signals: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         """traces (B, n, n, T), times/signals (B, n, n), positions (B, n, n, 3), mask (B, n, n) → (B, outputs)."""
@@ -113,5 +101,4 @@ class AugerTransformer(nn.Module):
         am = attention_mask(m)
         for blk in self.blocks:
             x = blk(x, am)  # (B, S, D)
-        cls = self.pool(self.cls_token.expand(b, 1, -1), x, m)  # (B, 1, D)
-        return self.head(self.norm(cls[:, 0]))  # (B, outputs)
+        return self.head(self.pool(x, m))  # (B, outputs)

@@ -71,3 +71,29 @@ class ClassAttentionBlock(TransformerBlock):
             attn_mask = keep[:, None, None, :]  # (B, 1, 1, 1 + L)
         x_cls = x_cls + self._attend(u[:, :1], u, attn_mask)  # (B, 1, D)
         return self._feed_forward(x_cls)
+
+
+class ClassTokenPool(nn.Module):
+    """Summarise a set (B, L, D) into one vector (B, D): a learned class token updated by ``num_layers``
+    :class:`ClassAttentionBlock` s over the set (padding masked), then LayerNorm."""
+
+    def __init__(self, dim: int, num_heads: int, num_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.blocks = nn.ModuleList(
+            ClassAttentionBlock(dim, num_heads, ffn_ratio, dropout=dropout, attn_dropout=dropout,
+                                activation_dropout=dropout)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, L, D), mask (B, L) True = real → (B, D)."""
+        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # (B, 1, D)
+        for block in self.blocks:
+            cls = block(cls, x, mask)  # (B, 1, D)
+        return self.norm(cls[:, 0])
