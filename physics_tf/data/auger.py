@@ -31,7 +31,9 @@ Streaming follows the jet data layer (:mod:`physics_tf.data.dataset`): each spli
 with a seed of (seed, epoch), dealt to DDP ranks round-robin and, inside a rank, to DataLoader workers; a
 worker reads ``shuffle_blocks`` blocks at a time and shuffles the events among them. Every rank yields the same
 number of training batches (:func:`physics_tf.data.dataset.batches_per_rank` with ``drop_last``; a rank short
-of events wraps around its own blocks). Validation / test read every event once, in file order.
+of events wraps around its own blocks). Validation / test read every event once, in file order, in equal
+contiguous spans per rank (padded by wrapping around, as ``DistributedSampler`` does, so every rank yields the
+same number of batches and collective ops cannot hang).
 
 Augmentation (``augment=true``, training only): the n×n axial rhombus is mapped onto itself by the 180°
 rotation (q, r) → (−q, −r) and by the mirror (q, r) → (r, q) (the reflection about the 30° line); the
@@ -236,6 +238,7 @@ class AugerDataset(IterableDataset):
         self.blocks = [(i, s, min(s + chunk_events, r.n_events)) for i, r in enumerate(self.readers)
                        for s in range(0, r.n_events, chunk_events)]
         self.num_entries = sum(r.n_events for r in self.readers)
+        self.chunk_events = max(1, int(chunk_events))
         if self.num_entries == 0:
             raise DataError(files[0] if files else None, "no events in this split", None)
         self.rank, self.world_size = rank, world_size
@@ -257,41 +260,72 @@ class AugerDataset(IterableDataset):
     def __len__(self) -> int:
         if self.train:
             return max(1, batches_per_rank(self.num_entries, self.world_size, self.batch_size, drop_last=True))
-        n = sum(b[2] - b[1] for b in self._rank_blocks(0))
-        return math.ceil(n / self.batch_size)
+        return math.ceil(self._eval_span() / self.batch_size)
+
+    # ------------------------------------------------------------------ validation / test
+    def _eval_span(self) -> int:
+        """Events per rank in validation/test: ceil(N / world_size), the same on every rank."""
+        return math.ceil(self.num_entries / self.world_size)
+
+    def _read_global(self, g0: int, g1: int) -> dict[str, np.ndarray]:
+        """Events ``g0 … g1 − 1`` of the split in file order, indices taken modulo N (wrap-around padding)."""
+        n = self.num_entries
+        offsets = np.cumsum([0] + [r.n_events for r in self.readers])
+        parts = []
+        g = g0
+        while g < g1:
+            pos = g % n
+            f = int(np.searchsorted(offsets, pos, side="right")) - 1
+            take = min(g1 - g, int(offsets[f + 1]) - pos)
+            parts.append(self.readers[f].read(pos - int(offsets[f]), pos - int(offsets[f]) + take))
+            g += take
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _iter_eval(self, worker_id: int, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Rank r reads events [r·S, (r + 1)·S) with S = ceil(N / world_size), in file order; indices past the
+        end wrap to the start of the split (as ``torch.utils.data.DistributedSampler`` pads), so every rank
+        yields ceil(S / batch_size) batches and with world_size > 1 up to world_size − 1 events are counted twice.
+        A rank's batches are dealt to its workers in contiguous runs."""
+        span, bs = self._eval_span(), self.batch_size
+        n_batches = math.ceil(span / bs)
+        b0, b1 = n_batches * worker_id // num_workers, n_batches * (worker_id + 1) // num_workers
+        start = self.rank * span
+        step = bs * max(1, self.chunk_events // bs)  # events read at once (whole batches)
+        lo, hi = b0 * bs, min(b1 * bs, span)
+        for a in range(lo, hi, step):
+            raw = self._read_global(start + a, start + min(a + step, hi))
+            for s in range(0, len(raw["xmax"]), bs):
+                yield to_batch({k: v[s : s + bs] for k, v in raw.items()}, self.targets, self.target_norm)
 
     def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
                     ) -> Iterator[dict[str, torch.Tensor]]:
+        if not self.train:
+            yield from self._iter_eval(worker_id, num_workers)
+            return
         epoch = self._epoch if epoch is None else epoch
-        blocks = self._rank_blocks(epoch)[worker_id::num_workers] or (self._rank_blocks(epoch) if self.train else [])
+        blocks = self._rank_blocks(epoch)[worker_id::num_workers] or self._rank_blocks(epoch)
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id, 1])
-        if self.train:
-            total = len(self)
-            quota = total // num_workers + (1 if worker_id < total % num_workers else 0)
-        else:
-            quota = None
+        total = len(self)
+        quota = total // num_workers + (1 if worker_id < total % num_workers else 0)
         if not blocks:
             return
         done, pending, i = 0, None, 0
-        while quota is None or done < quota:
-            if not self.train and i >= len(blocks):
-                break
-            group = [blocks[(i + k) % len(blocks)] for k in range(self.shuffle_blocks if self.train else 1)]
+        while done < quota:
+            group = [blocks[(i + k) % len(blocks)] for k in range(self.shuffle_blocks)]
             i += len(group)
             parts = [self.readers[f].read(s, e) for f, s, e in group]
             raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             if pending is not None:
                 raw = {k: np.concatenate([pending[k], raw[k]]) for k in raw}
-            if self.train:
-                perm = rng.permutation(len(raw["xmax"]))
-                raw = {k: v[perm] for k, v in raw.items()}
+            perm = rng.permutation(len(raw["xmax"]))
+            raw = {k: v[perm] for k, v in raw.items()}
             n = len(raw["xmax"])
-            stop = n - n % self.batch_size if self.train else n
+            stop = n - n % self.batch_size
             for s in range(0, stop, self.batch_size):
-                if quota is not None and done >= quota:
+                if done >= quota:
                     break
                 sub = {k: v[s : s + self.batch_size] for k, v in raw.items()}
-                if self.augment and self.train:
+                if self.augment:
                     sub = augment_events(sub, rng)
                 yield to_batch(sub, self.targets, self.target_norm)
                 done += 1
