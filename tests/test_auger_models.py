@@ -14,7 +14,7 @@ from physics_tf.data.auger import to_batch
 from physics_tf.data.auger_sim import AugerSimulator, axial_to_xy
 from physics_tf.models.auger_baseline import AugerHexConvNet, HexConv2d
 from physics_tf.models.auger_transformer import AugerTransformer, TemporalEncoder
-from physics_tf.tasks.regression import RegressionTask, merit_factor, regression_summary
+from physics_tf.tasks.regression import RegressionTask, classification_summary, merit_factor, regression_summary
 
 N, T = 9, 120
 
@@ -208,6 +208,50 @@ def test_test_stage_writes_metrics_and_plots(events, tmp_path):
     assert "resolution" in m["lna"]
     for name in ("resolution.png", "residuals.png", "predictions.npz"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_classification_summary_known_values():
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.6, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7], [0.0, 0.0, 0.2, 0.8]])
+    labels = np.array([0, 1, 2, 3])
+    s = classification_summary(probs, labels, ["p", "He", "N", "Fe"], [0.0, 1.0, 2.0, 4.0])
+    assert s["accuracy"] == pytest.approx(0.75)
+    assert s["confusion"][2] == [0.0, 0.0, 0.0, 1.0] and s["confusion"][0] == [1.0, 0.0, 0.0, 0.0]
+    # ln A = Σ P(k) ln A_k: event 0 → 0.1·1 + 0.1·2 + 0.1·4 = 0.7 vs 0; event 3 → 0.4 + 3.2 = 3.6 vs 4
+    expected = np.array([0.7, 0.1 * 0 + 0.6 + 0.4 + 0.4, 0.1 + 0.2 + 2.8, 3.6]) - np.array([0.0, 1.0, 2.0, 4.0])
+    assert s["lna_from_probs"]["bias"] == pytest.approx(expected.mean())
+
+
+@pytest.mark.parametrize("name", ["baseline", "transformer"])
+def test_primary_classification_head_trains_and_reports_confusion(name, events, tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    batches = [to_batch({k: v[i : i + 32] for k, v in events.items()}, ["xmax"], {"xmax": (750.0, 70.0)})
+               for i in (0, 32, 64)]
+    net = {"baseline": AugerHexConvNet(N, T, 1, rnn="gru", rnn_hidden=8, trace_pool=4, station_dim=8,
+                                       conv_channels=(8,), head_dims=(16,), num_classes=4),
+           "transformer": AugerTransformer(N, T, 1, temporal_dim=16, temporal_heads=2, temporal_depth=1, dim=16,
+                                           num_heads=2, depth=1, num_classes=4)}[name]
+    task = RegressionTask(net, ["xmax"], [750.0], [70.0], num_classes=4, primary_lna=[0.0, 1.39, 2.64, 4.03],
+                          output_dir=tmp_path)
+    mu, lv, logits = task._outputs(batches[0])
+    assert mu.shape == (32, 1) and lv is None and logits.shape == (32, 4)
+    with torch.no_grad():
+        ce_only = task._loss(mu, lv, logits, batches[0]) - task._loss(mu, lv, None, batches[0])
+    expected = torch.nn.functional.cross_entropy(logits, batches[0]["aux_primary"].long())
+    assert ce_only.item() == pytest.approx(expected.item(), rel=1e-5)  # class_loss_weight = 1
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(batches, batch_size=None)
+    trainer.fit(task, train_dataloaders=loader, val_dataloaders=DataLoader(batches[:1], batch_size=None))
+    trainer.test(task, dataloaders=loader, verbose=False)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(m["primary"]) >= {"accuracy", "macro_auc", "confusion", "lna_from_probs"}
+    assert np.allclose(np.array(m["primary"]["confusion"]).sum(1), 1.0)
+    assert (tmp_path / "confusion.png").is_file()
+    with pytest.raises(ValueError, match="num_classes=3"):
+        RegressionTask(net, ["xmax"], [750.0], [70.0], num_classes=3)
 
 
 @pytest.mark.parametrize("experiment", ["auger_baseline", "auger_hexconv", "auger_transformer"])

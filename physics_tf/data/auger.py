@@ -63,6 +63,7 @@ __all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "T
 log = logging.getLogger(__name__)
 
 PRIMARIES = ("p", "He", "N", "Fe")
+MASS_NUMBERS = (1, 4, 14, 56)
 STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
 EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
 # default standardisation of the targets: (value - mean) / std
@@ -347,13 +348,15 @@ class AugerDataModule(StreamingDataModule):
     grid_size, n_bins: the n of the n×n patch and the trace length the model is built for; files must match
         the grid and have at least ``n_bins`` bins (longer traces are cut).
     targets: any of ``xmax``, ``lna``; ``target_norm`` overrides the (mean, std) of :data:`TARGETS`.
+    classify_primary: also train a 4-class classifier of the primary (p, He, N, Fe) on ``aux_primary``.
     batch_size, num_workers, chunk_events, shuffle_blocks, augment, seed, pin_memory, treename: see module doc.
     """
 
     def __init__(self, files: Mapping[str, Any], grid_size: int = 9, n_bins: int = 120,
                  targets: Sequence[str] = ("xmax",), target_norm: Mapping[str, Sequence[float]] | None = None,
                  batch_size: int = 64, num_workers: int = 0, chunk_events: int = 256, shuffle_blocks: int = 8,
-                 augment: bool = False, seed: int = 0, pin_memory: bool = False, treename: str = "events") -> None:
+                 augment: bool = False, seed: int = 0, pin_memory: bool = False, treename: str = "events",
+                 classify_primary: bool = False) -> None:
         super().__init__()
         self.files = _plain(files) or {}
         self.grid_size, self.n_bins = int(grid_size), int(n_bins)
@@ -366,18 +369,21 @@ class AugerDataModule(StreamingDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.chunk_events, self.shuffle_blocks = int(chunk_events), int(shuffle_blocks)
         self.augment, self.seed, self.pin_memory, self.treename = bool(augment), int(seed), bool(pin_memory), treename
+        self.num_classes = len(PRIMARIES) if classify_primary else 0
 
     @property
     def model_dims(self) -> dict[str, int]:
-        """Sizes the network is built with: ``grid_size``, ``n_bins``, ``num_targets``."""
-        return {"grid_size": self.grid_size, "n_bins": self.n_bins, "num_targets": len(self.targets)}
+        """Sizes the network is built with: ``grid_size``, ``n_bins``, ``num_targets``, ``num_classes``."""
+        return {"grid_size": self.grid_size, "n_bins": self.n_bins, "num_targets": len(self.targets),
+                "num_classes": self.num_classes}
 
     @property
     def task_kwargs(self) -> dict[str, Any]:
         return {"target_names": list(self.targets),
                 "target_mean": [float(self.target_norm[t][0]) for t in self.targets],
                 "target_std": [float(self.target_norm[t][1]) for t in self.targets],
-                "primaries": list(PRIMARIES)}
+                "primaries": list(PRIMARIES), "num_classes": self.num_classes,
+                "primary_lna": [math.log(a) for a in MASS_NUMBERS]}
 
     def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> AugerDataset:
         return AugerDataset(

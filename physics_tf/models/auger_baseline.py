@@ -51,20 +51,21 @@ class AugerHexConvNet(nn.Module):
     station_dim: width of the per-station features; conv_channels: output channels of each hex-conv layer.
     head_dims: hidden widths of the dense head (on the flattened grid); dropout: in the head.
     predict_variance: output 2·num_targets values (means, then log-variances) for a Gaussian likelihood.
+    num_classes: extra outputs (logits of that many mass classes) after the regression outputs; 0 = none.
     """
 
     def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, rnn: str = "lstm", rnn_hidden: int = 32,
                  rnn_layers: int = 1, trace_pool: int = 2, station_dim: int = 32,
                  conv_channels: tuple[int, ...] | list[int] = (64, 64, 64),
                  head_dims: tuple[int, ...] | list[int] = (128,),
-                 dropout: float = 0.0, predict_variance: bool = False) -> None:
+                 dropout: float = 0.0, predict_variance: bool = False, num_classes: int = 0) -> None:
         super().__init__()
         if rnn not in ("lstm", "gru"):
             raise ValueError(f"rnn: expected 'lstm' or 'gru', got {rnn!r}")
         if n_bins % trace_pool:
             raise ValueError(f"n_bins={n_bins} is not a multiple of trace_pool={trace_pool}")
         self.grid_size, self.n_bins, self.trace_pool = grid_size, n_bins, trace_pool
-        self.num_outputs = num_targets * (2 if predict_variance else 1)
+        self.num_outputs = num_targets * (2 if predict_variance else 1) + num_classes
         cls = nn.LSTM if rnn == "lstm" else nn.GRU
         self.rnn = cls(1, rnn_hidden, num_layers=rnn_layers, batch_first=True)
         self.station = nn.Sequential(nn.Linear(2 * rnn_hidden + 5, station_dim), nn.GELU(),

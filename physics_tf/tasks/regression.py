@@ -11,6 +11,11 @@ Optimiser and schedule as :class:`physics_tf.tasks.classification.Classification
 norms/biases, linear warm-up then cosine/linear decay).
 
 Validation logs ``val/loss`` and, for X_max, ``val/resolution`` (std of the residual, g/cm²) and ``val/bias``.
+With ``num_classes > 0`` (data ``classify_primary=true``) the network also returns that many logits of the
+primary (p, He, N, Fe) after the regression outputs, trained with cross-entropy on ``aux_primary`` weighted by
+``class_loss_weight``; validation logs ``val/accuracy`` and the test stage adds accuracy, macro AUC, the
+confusion matrix (``confusion.png``) and ln A estimated as Σ_k P(k) ln A_k.
+
 The test stage gathers predictions of all ranks; rank 0 writes ``metrics.json`` — X_max bias and resolution
 (std of residuals) overall, per primary and in bins of lg E; the merit factor
 MF = |μ_p − μ_Fe| / sqrt(σ_p² + σ_Fe²) of the *predicted* X_max (and of the true one for reference); ln A
@@ -34,12 +39,13 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from physics_tf.metrics import accuracy, auc_macro
 from physics_tf.tasks.classification import split_weight_decay_params
 from physics_tf.tasks.common import model_inputs
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 from physics_tf.utils.io import atomic_path
 
-__all__ = ["RegressionTask", "regression_summary", "merit_factor"]
+__all__ = ["RegressionTask", "regression_summary", "classification_summary", "merit_factor"]
 
 LOSSES = ("mse", "huber", "gaussian")
 
@@ -81,6 +87,26 @@ def regression_summary(pred: Mapping[str, np.ndarray], true: Mapping[str, np.nda
     return out
 
 
+def classification_summary(probs: np.ndarray, labels: np.ndarray, primaries: Sequence[str],
+                           primary_lna: Sequence[float] | None = None) -> dict[str, Any]:
+    """Accuracy, macro AUC (one-vs-rest), row-normalised confusion matrix ``C[i][j] = P(predicted j | true i)``
+    of the primary classification and, given ``primary_lna``, the resolution of ln A = Σ_k P(k) ln A_k."""
+    k = probs.shape[1]
+    counts = np.zeros((k, k))
+    np.add.at(counts, (labels, probs.argmax(1)), 1.0)
+    rows = counts.sum(1, keepdims=True)
+    out: dict[str, Any] = {
+        "accuracy": accuracy(probs, labels),
+        "macro_auc": auc_macro(probs, labels) if len(np.unique(labels)) == k else float("nan"),
+        "confusion": np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0).round(4).tolist(),
+        "classes": list(primaries),
+    }
+    if primary_lna is not None:
+        lna = np.asarray(primary_lna, dtype=np.float64)
+        out["lna_from_probs"] = _stats(probs @ lna - lna[labels])
+    return out
+
+
 class RegressionTask(L.LightningModule):
     """Train / evaluate a regression network on standardised targets (module docstring).
 
@@ -93,6 +119,8 @@ class RegressionTask(L.LightningModule):
     loss: ``mse`` | ``huber`` | ``gaussian``; loss_weights: per target (default 1 each); huber_delta.
     lr, weight_decay, betas, eps, warmup_steps, warmup_fraction, schedule, min_lr_ratio: optimisation.
     lg_e_bins: bin edges in lg(E/eV) of the test metrics; output_dir, compile: as the classification task.
+    num_classes: logits of the primary after the regression outputs (0 = no classification);
+    class_loss_weight: weight of their cross-entropy; primary_lna: ln A of each primary class.
     """
 
     def __init__(self, net: nn.Module, target_names: Sequence[str], target_mean: Sequence[float],
@@ -101,7 +129,8 @@ class RegressionTask(L.LightningModule):
                  weight_decay: float = 0.01, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
                  warmup_steps: int | None = None, warmup_fraction: float = 0.05, schedule: str = "cosine",
                  min_lr_ratio: float = 0.01, lg_e_bins: Sequence[float] = (18.5, 18.8, 19.1, 19.4, 19.7, 20.0, 20.3),
-                 output_dir: str | os.PathLike | None = None, compile: bool = False) -> None:
+                 output_dir: str | os.PathLike | None = None, compile: bool = False, num_classes: int = 0,
+                 class_loss_weight: float = 1.0, primary_lna: Sequence[float] | None = None) -> None:
         super().__init__()
         # plain Python values (not OmegaConf lists) so checkpoints load with torch.load(weights_only=True)
         target_names = [str(t) for t in target_names]
@@ -110,6 +139,10 @@ class RegressionTask(L.LightningModule):
         loss_weights = None if loss_weights is None else [float(w) for w in loss_weights]
         betas = tuple(float(b) for b in betas)
         lg_e_bins = [float(e) for e in lg_e_bins]
+        num_classes, class_loss_weight = int(num_classes), float(class_loss_weight)
+        primary_lna = None if primary_lna is None else [float(v) for v in primary_lna]
+        if num_classes and num_classes != len(primaries):
+            raise ValueError(f"num_classes={num_classes} but primaries {primaries} name {len(primaries)} classes")
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
         if schedule not in SCHEDULES:
@@ -130,7 +163,8 @@ class RegressionTask(L.LightningModule):
         self.register_buffer("std", torch.tensor(list(target_std), dtype=torch.float32), persistent=False)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights), persistent=False)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.num_out = k * (2 if loss == "gaussian" else 1)
+        self.num_reg = k * (2 if loss == "gaussian" else 1)
+        self.num_out = self.num_reg + num_classes
         self._val: list[torch.Tensor] = []
         self._test: list[dict[str, torch.Tensor]] = []
         self.test_summary: dict[str, Any] | None = None
@@ -139,17 +173,24 @@ class RegressionTask(L.LightningModule):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.net(**inputs)
 
-    def _outputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _outputs(self, batch: Mapping[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(means, log-variances or None, class logits or None) of a batch."""
         if not isinstance(batch, Mapping) or "y" not in batch:
             raise ValueError("batch: expected a dict of tensors with the target 'y'")
         out = self(**model_inputs(batch, self.net)).float()
         if out.ndim != 2 or out.shape[1] != self.num_out:
             raise ValueError(f"net output: expected shape (B, {self.num_out}) for targets {self.target_names} "
-                             f"with loss={self.hparams.loss!r}, got {tuple(out.shape)}")
+                             f"with loss={self.hparams.loss!r} and num_classes={self.hparams.num_classes}, "
+                             f"got {tuple(out.shape)}")
         k = len(self.target_names)
-        return (out[:, :k], out[:, k:]) if self.hparams.loss == "gaussian" else (out, None)
+        logits = out[:, self.num_reg:] if self.hparams.num_classes else None
+        if self.hparams.loss == "gaussian":
+            return out[:, :k], out[:, k : 2 * k], logits
+        return out[:, :k], None, logits
 
-    def _loss(self, mu: torch.Tensor, logvar: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _loss(self, mu: torch.Tensor, logvar: torch.Tensor | None, logits: torch.Tensor | None,
+              batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         y = batch["y"].float().view(mu.shape)
         if self.hparams.loss == "mse":
             per = (mu - y) ** 2
@@ -158,26 +199,34 @@ class RegressionTask(L.LightningModule):
         else:
             logvar = logvar.clamp(-10.0, 10.0)
             per = 0.5 * (logvar + (mu - y) ** 2 * torch.exp(-logvar))
-        per = per * self.weights  # (B, K)
+        per = (per * self.weights).sum(-1)  # (B,)
+        if logits is not None:
+            if "aux_primary" not in batch:
+                raise ValueError("batch: the primary classification needs the truth field 'aux_primary'")
+            ce = F.cross_entropy(logits, batch["aux_primary"].long(), reduction="none")  # (B,)
+            per = per + self.hparams.class_loss_weight * ce
         w = batch.get("weight")
         if w is not None:
-            return (per.sum(-1) * w).sum() / w.sum().clamp_min(1e-12)
-        return per.sum(-1).mean()
+            return (per * w).sum() / w.sum().clamp_min(1e-12)
+        return per.mean()
 
     def physical(self, standardised: torch.Tensor) -> torch.Tensor:
         return standardised * self.std + self.mean
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx):
-        mu, lv = self._outputs(batch)
-        loss = self._loss(mu, lv, batch)
+        mu, lv, logits = self._outputs(batch)
+        loss = self._loss(mu, lv, logits, batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=mu.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        mu, lv = self._outputs(batch)
-        loss = self._loss(mu, lv, batch)
+        mu, lv, logits = self._outputs(batch)
+        loss = self._loss(mu, lv, logits, batch)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=mu.shape[0])
+        if logits is not None:
+            acc = (logits.argmax(-1) == batch["aux_primary"].long()).float().mean()
+            self.log("val/accuracy", acc, on_epoch=True, sync_dist=True, batch_size=mu.shape[0])
         if "xmax" in self.target_names:
             i = self.target_names.index("xmax")
             self._val.append((self.physical(mu)[:, i] - self.physical(batch["y"].float())[:, i]).detach())
@@ -197,10 +246,12 @@ class RegressionTask(L.LightningModule):
         self.test_summary = None
 
     def test_step(self, batch, batch_idx):
-        mu, lv = self._outputs(batch)
-        loss = self._loss(mu, lv, batch)
+        mu, lv, logits = self._outputs(batch)
+        loss = self._loss(mu, lv, logits, batch)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=mu.shape[0])
         item = {"pred": self.physical(mu).detach(), "true": self.physical(batch["y"].float()).detach()}
+        if logits is not None:
+            item["probs"] = logits.softmax(-1).detach()
         for key in ("aux_lg_energy", "aux_primary"):
             if key not in batch:
                 raise ValueError(f"batch: test metrics need the truth field '{key}'")
@@ -221,29 +272,40 @@ class RegressionTask(L.LightningModule):
         true = {n: arr["true"][:, i].astype(np.float64) for i, n in enumerate(self.target_names)}
         lge, prim = arr["aux_lg_energy"].astype(np.float64), arr["aux_primary"].astype(np.int64)
         summary = regression_summary(pred, true, lge, prim, self.primaries, self.hparams.lg_e_bins)
+        probs = arr.get("probs")
+        if probs is not None:
+            summary["primary"] = classification_summary(probs.astype(np.float64), prim, self.primaries,
+                                                        self.hparams.primary_lna)
+            self.log("test/primary_accuracy", summary["primary"]["accuracy"], rank_zero_only=True)
         self.test_summary = summary
         for name in self.target_names:
             for key in ("bias", "resolution", "rms"):
                 self.log(f"test/{name}_{key}", summary[name][key], rank_zero_only=True)
         if "xmax" in summary and "merit_factor_p_fe" in summary["xmax"]:
             self.log("test/xmax_merit_factor", summary["xmax"]["merit_factor_p_fe"], rank_zero_only=True)
-        self.write_test_outputs(self.resolve_output_dir(), summary, pred, true, lge, prim)
+        self.write_test_outputs(self.resolve_output_dir(), summary, pred, true, lge, prim, probs)
 
     def resolve_output_dir(self) -> Path:
         if self.output_dir is not None:
             return self.output_dir
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
-    def write_test_outputs(self, out_dir: Path, summary, pred, true, lge, prim) -> None:
-        """``metrics.json``, ``predictions.npz``, ``resolution.png``, ``residuals.png`` written atomically."""
+    def write_test_outputs(self, out_dir: Path, summary, pred, true, lge, prim, probs=None) -> None:
+        """``metrics.json``, ``predictions.npz``, ``resolution.png``, ``residuals.png`` (and ``confusion.png``
+        with the primary classification) written atomically."""
         out_dir = Path(out_dir)
         with atomic_path(out_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        extra = {} if probs is None else {"probs_primary": probs}
         with atomic_path(out_dir / "predictions.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, lg_energy=lge, primary=prim, **{f"pred_{k}": v for k, v in pred.items()},
-                         **{f"true_{k}": v for k, v in true.items()})
+                         **{f"true_{k}": v for k, v in true.items()}, **extra)
         try:
+            if probs is not None:
+                from physics_tf.plotting import plot_confusion_matrix
+
+                plot_confusion_matrix(probs, prim, self.primaries, out_dir / "confusion.png")
             plot_resolution(summary, pred, true, lge, prim, self.primaries, out_dir)
         except Exception as err:  # a plot must not lose the metrics
             rank_zero_warn(f"RegressionTask: plots failed: {err}")
