@@ -88,3 +88,12 @@ def generate() -> Any:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(train())
+
+
+def _export(cfg: DictConfig) -> None:
+    from physics_tf.export import run_export
+
+    run_export(cfg)
+
+
+export = hydra_entry("export", _export)

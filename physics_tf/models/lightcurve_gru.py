@@ -47,11 +47,22 @@ class LightCurveGRU(nn.Module):
         order = torch.argsort(key, dim=1, stable=True)  # (B, L)
         flux, flux_err, time, band, mask = (a.gather(1, order) for a in (flux, flux_err, time, band, mask))
         feats, log_scale = observation_features(flux, flux_err, mask)  # (B, L, 3), (B, 1)
-        gap = torch.diff(time, dim=1, prepend=time[:, :1]).clamp_min(0.0)  # (B, L) days since previous obs
+        gap = (time - torch.cat((time[:, :1], time[:, :-1]), dim=1)).clamp_min(0.0)  # (B, L) days since previous obs
         onehot = F.one_hot(band.clamp(0, self.num_bands - 1), self.num_bands).to(feats.dtype)  # (B, L, bands)
         x = torch.cat((feats, onehot, torch.log1p(gap).unsqueeze(-1)), dim=-1)  # (B, L, 3 + bands + 1)
         lengths = mask.sum(dim=1).clamp_min(1)  # (B,)
+        last = self._last_state(x, lengths)  # (B, H)
+        cond = log_scale if meta is None else torch.cat((meta.to(feats.dtype), log_scale), dim=-1)  # (B, M + 1)
+        return self.head(torch.cat((last, self.meta_proj(cond)), dim=-1))  # (B, K)
+
+    def _last_state(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The top layer's hidden state after each sequence's last real step: x (B, L, F), lengths (B,) → (B, H)."""
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no packed sequences: run over the padded sequence (real steps come first) and read the top
+            # layer's output at the last real step — the same state, since the recurrence is causal
+            out, _ = self.gru(x)  # (B, L, H)
+            index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, out.shape[-1])  # (B, 1, H)
+            return out.gather(1, index).squeeze(1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, h_n = self.gru(packed)  # (layers, B, H)
-        cond = log_scale if meta is None else torch.cat((meta.to(feats.dtype), log_scale), dim=-1)  # (B, M + 1)
-        return self.head(torch.cat((h_n[-1], self.meta_proj(cond)), dim=-1))  # (B, K)
+        return h_n[-1]
