@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from physics_tf.data.auger import to_batch
-from physics_tf.data.auger_sim import AugerSimulator, axial_to_xy
+from physics_tf.data.auger_sim import AugerSimulator, SimConfig, axial_to_xy
 from physics_tf.models.auger_baseline import AugerHexConvNet, HexConv2d
-from physics_tf.models.auger_transformer import AugerTransformer, TemporalEncoder
+from physics_tf.models.auger_transformer import (AugerTransformer, PerceiverTemporalEncoder, StationPairBias,
+                                                 TemporalEncoder)
 from physics_tf.tasks.regression import RegressionTask, classification_summary, merit_factor, regression_summary
 
 N, T = 9, 120
@@ -138,6 +139,35 @@ def test_temporal_attention_memory_grows_linearly_with_trace_length(monkeypatch)
     assert 2.5 < ratio < 6.0  # 4× the length: ~4× the memory (naive attention would give ~16×)
 
 
+def test_perceiver_temporal_attention_grows_as_latents_times_length(monkeypatch):
+    k, heads, depth = 8, 2, 2
+    enc = PerceiverTemporalEncoder(patch=4, dim=16, num_heads=heads, depth=depth, latents=k)
+    counts = {L: count_attention(monkeypatch, lambda: enc(torch.rand(3, L))) for L in (120, 480, 960)}
+    for L, n in counts.items():  # cross: k·P; latent self-attention: depth·k²; class pooling: 1 + k keys
+        assert n == 3 * heads * (k * (L // 4) + depth * k * k + (1 + k))
+    net = AugerTransformer(N, 960, temporal_encoder="perceiver", patch=4, temporal_dim=16, temporal_heads=2,
+                           temporal_depth=1, latents=8, dim=16, num_heads=2, depth=1)
+    ev = AugerSimulator(SimConfig(n_bins=960)).simulate(4, np.random.default_rng(1))
+    out = net(**inputs(to_batch(ev, ["xmax"], {"xmax": (750.0, 70.0)})))
+    assert out.shape == (4, 1) and torch.isfinite(out).all()
+
+
+def test_station_pair_bias_uses_pair_geometry_and_timing(batch):
+    """Pair features of stations i, j: distance (grid spacings), t_j − t_i, Δlog S, Δz; the bias depends on
+    them only through these differences (a common shift of positions or times changes nothing)."""
+    torch.manual_seed(0)
+    bias = StationPairBias(num_heads=3, hidden=8)
+    feats = torch.randn(2, 5, 5)
+    out = bias(feats)
+    assert out.shape == (2, 3, 5, 5)
+    shifted = feats + torch.tensor([1.0, -2.0, 0.5, 3.0, 0.7])  # translate x, y, z, t, log S together
+    torch.testing.assert_close(bias(shifted), out, atol=1e-5, rtol=1e-5)
+    net = small_models()["transformer"].eval()
+    x = inputs(batch)
+    late = dict(x, times=x["times"] + 0.5 * (torch.arange(N)[None, :, None] - N // 2) * x["mask"])
+    assert not torch.allclose(net(**late), net(**x))  # the spatial attention sees the time pattern
+
+
 @pytest.mark.parametrize("name", ["baseline", "transformer"])
 def test_shapes_gaussian_outputs_and_wrong_inputs(name, batch):
     net = small_models(num_targets=2, predict_variance=True)[name]
@@ -254,7 +284,8 @@ def test_primary_classification_head_trains_and_reports_confusion(name, events, 
         RegressionTask(net, ["xmax"], [750.0], [70.0], num_classes=3)
 
 
-@pytest.mark.parametrize("experiment", ["auger_baseline", "auger_hexconv", "auger_transformer"])
+@pytest.mark.parametrize("experiment", ["auger_baseline", "auger_hexconv", "auger_transformer",
+                                        "auger_transformer model=auger_perceiver data.classify_primary=true"])
 def test_experiment_fast_dev_run(experiment, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -270,7 +301,8 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
                                    "n_test": 32, "chunk": 32, "seed": 0, "progress": False}))
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data}",
+        cfg = compose("train", overrides=[f"experiment={experiment.split()[0]}", *experiment.split()[1:],
+                                          f"paths.data_dir={data}",
                                           "trainer.fast_dev_run=true", "data.batch_size=16", "logger=none"],
                       return_hydra_config=True)
     HydraConfig().set_config(cfg)
@@ -281,3 +313,5 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
     assert "merit_factor_p_fe" in metrics["xmax"]
     for name in ("metrics.json", "resolution.png", "residuals.png", "config.yaml"):
         assert (tmp_path / "run" / name).is_file(), name
+    if "classify_primary=true" in experiment:
+        assert "accuracy" in metrics["primary"] and (tmp_path / "run" / "confusion.png").is_file()
