@@ -334,8 +334,12 @@ def export_onnx(net: nn.Module, datamodule: Any, output: str | Path, *, opset: i
     Returns a summary: output path, input specs, output name and shape, the check's max |Δ|, export seconds.
     ``metadata`` entries are stored (as JSON) under ``physics_tf.<key>`` in the ONNX metadata and the sidecar.
     """
-    import onnx
-    import onnxruntime as ort
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ExportError("<environment>", f"{err.name} is not installed: pip install 'physics_tf[export]'",
+                          "onnx") from None
 
     output = Path(output)
     net = net.eval()
