@@ -41,7 +41,10 @@ MODELS = {
                   "model.station_dim=8", "model.conv_channels=[8]", "model.head_dims=[8]"],
     "auger_transformer": ["experiment=auger_transformer", *TINY_AUGER, "model.patch=5", "model.temporal_dim=8",
                           "model.temporal_heads=2", "model.temporal_depth=1", "model.window=2", "model.dim=8",
-                          "model.num_heads=2", "model.depth=2"],
+                          "model.num_heads=2", "model.depth=2", "data.classify_primary=true"],
+    "auger_perceiver": ["experiment=auger_transformer", "model=auger_perceiver", *TINY_AUGER, "model.latents=3",
+                        "model.temporal_dim=8", "model.temporal_heads=2", "model.temporal_depth=1", "model.dim=8",
+                        "model.num_heads=2", "model.depth=1"],
 }
 
 
