@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from physics_tf.callbacks import WandbTestReport, metrics_tables, per_class_table, scalar_metrics
+from physics_tf.callbacks import WandbTestReport, per_class_table
+from physics_tf.logging_utils import metrics_tables, scalar_metrics
 
 from conftest import synth_jetclass
 
