@@ -16,7 +16,7 @@ import yaml
 from physics_tf.compare import (CompareError, comparison, find_run_dirs, load_local_run, load_wandb_runs, main,
                                 to_csv, to_markdown)
 
-from conftest import synth_jetclass
+from test_pipelines import compose_train, data_dir  # noqa: F401 (data_dir: the tiny data sets fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,19 +258,11 @@ def test_wandb_unreachable_server_is_one_clear_line(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- real training runs, from the CLI
-def test_compare_real_runs_from_the_command_line(tmp_path):
-    from test_pipelines import compose_train
-
-    from physics_tf.data.writers import write_jetclass_root
+def test_compare_real_runs_from_the_command_line(data_dir, tmp_path):
     from physics_tf.training import run_train
 
-    out = tmp_path / "data" / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(64, seed=i, classes=(0, 8), max_particles=10)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    common = ["experiment=jets_pfn", f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=16",
-              "trainer.max_epochs=2", "trainer.limit_train_batches=2", "callbacks.progress_bar.refresh_rate=0"]
+    common = ["experiment=jets_pfn", f"paths.data_dir={data_dir}", "data.batch_size=16",
+              "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.progress_bar.refresh_rate=0"]
     results = {lr: run_train(compose_train([*common, f"task.lr={lr}"], tmp_path / "logs" / f"lr{lr}"))
                for lr in (1e-3, 1e-2)}
     res = subprocess.run([sys.executable, "pipelines/compare.py", str(tmp_path / "logs"), "--csv", "-", "--quiet"],

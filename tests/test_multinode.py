@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from test_pipelines import data_dir  # noqa: F401 (the tiny data sets: 120 train jets, px = 1000 + index)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_JETS, BATCH = 120, 16
@@ -37,21 +38,6 @@ class SeenJets(L.Callback):
         info = {"global_rank": trainer.global_rank, "node_rank": trainer.node_rank, "world_size": trainer.world_size,
                 "ids": self.ids}
         (self.out_dir / f"seen_rank{trainer.global_rank}.json").write_text(json.dumps(info))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from conftest import synth_jetclass
-
-    from physics_tf.data.writers import write_jetclass_root
-
-    root = tmp_path_factory.mktemp("data")
-    out = root / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(N_JETS, seed=i, classes=(0, 8), max_particles=12)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    return root
 
 
 def _free_port() -> int:
@@ -120,4 +106,5 @@ def test_two_nodes_on_localhost_train_together(launch, data_dir, tmp_path):
     assert ckpt["global_step"] == N_JETS // (2 * BATCH) == 3
     assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1
     assert json.loads((run_dir / "metrics.json").read_text())["num_jets"] >= N_JETS  # test stage gathers both ranks
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs to W&B
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")  # only rank 0 logs to W&B
+    assert list((wandb_run / "files" / "media" / "images" / "plots").glob("roc_*.png"))  # the test report, once

@@ -22,7 +22,7 @@ import pytest
 from physics_tf.callbacks import WandbTestReport, per_class_table
 from physics_tf.logging_utils import metrics_tables, scalar_metrics
 
-from conftest import synth_jetclass
+from test_pipelines import compose_train, data_dir  # noqa: F401 (data_dir: the tiny data sets fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
@@ -198,23 +198,8 @@ def test_callback_does_nothing_without_wandb_logger(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training runs
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from physics_tf.data.writers import write_jetclass_root
-
-    root = tmp_path_factory.mktemp("data")
-    out = root / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(96, seed=i, classes=(0, 8), max_particles=12)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    return root
-
-
 def test_training_run_reports_to_wandb_offline(data_dir, tmp_path, monkeypatch):
     """Name, group, tags, flat config, test metrics + best val/auc in the summary, plots and per-class table."""
-    from test_pipelines import compose_train
-
     from physics_tf.training import run_train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
