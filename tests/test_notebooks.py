@@ -18,6 +18,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("NB_JETS", "300")
     monkeypatch.setenv("NB_OBJECTS", "60")
+    monkeypatch.setenv("NB_EVENTS", "64")
     monkeypatch.setenv("NB_EPOCHS", "1")
     monkeypatch.setenv("NB_WORKDIR", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
