@@ -50,8 +50,9 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- local run directories
-def _natural(path: Path) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+def _natural(path: Path) -> tuple[list[Any], str]:
+    """Sort key: job 10 after job 9; the text itself breaks ties ("0.01" vs "0.001")."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))], str(path)
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -128,8 +128,11 @@ def test_globs_natural_order_and_nested_directories(sweep, tmp_path):
     for job in (3, 10):
         make_run(sweep / str(job), config(seed=job), {"accuracy": 0.5})
     assert [p.name for p in find_run_dirs([sweep])] == ["0", "1", "2", "3", "10"]
+    for name in ("lr0.01", "lr0.001"):  # the same numbers to a natural sort: the text decides, every time
+        make_run(tmp_path / "other" / name, config(), {"accuracy": 0.5})
+    assert [p.name for p in find_run_dirs([tmp_path / "other"])] == ["lr0.001", "lr0.01"]
     assert [p.name for p in find_run_dirs([str(sweep / "[12]*")])] == ["1", "2", "10"]
-    assert len(find_run_dirs([tmp_path])) == 5  # a parent of the multirun dir (logs/train/<experiment>/)
+    assert len(find_run_dirs([tmp_path])) == 7  # a parent of the multirun dir (logs/train/<experiment>/)
     assert len(find_run_dirs([sweep / "0", str(sweep / "*")])) == 5  # duplicates removed
 
 
