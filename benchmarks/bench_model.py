@@ -1,6 +1,6 @@
 """ParT training and inference throughput (jets/s), physics_tf vs weaver-core side by side when it is installed.
 
-    python benchmarks/bench_model.py [--batch 128] [--steps 5] [--bf16] [--threads N]
+    python benchmarks/bench_model.py [--batch 128] [--repeats 5] [--bf16] [--compile] [--threads N] [--json F]
 
 Identical hyper-parameters (the paper's: 17 features, 10 classes, 2,143,486 parameters — checked), identical
 padded batches (pad 128, ~50 real particles per jet on average), training step = forward + backward + AdamW
@@ -10,12 +10,15 @@ step. Both models are timed alternately in the same process so machine noise hit
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from physics_tf.models.part import ParticleTransformer
+from physics_tf.models.part import ParticleTransformer, from_weaver_state_dict
 
 
 def make_batch(batch: int, pad: int = 128, mean_particles: float = 50.0, features: int = 17, seed: int = 0):
@@ -40,14 +43,28 @@ def weaver_part():
     return WeaverParT(input_dim=17, num_classes=10)
 
 
-def timed(fn, steps: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+@torch.no_grad()
+def check_same_function(ours, peer, x, v, mask) -> float:
+    """Randomise every parameter and BatchNorm statistic of the reference, load them into ours, compare eval logits.
+
+    Returns the largest absolute logit difference (a copy of each model is used; the originals are untouched).
+    """
+    ours, peer = copy.deepcopy(ours).eval(), copy.deepcopy(peer).eval()
+    g = torch.Generator().manual_seed(1)
+    for name, t in peer.state_dict().items():
+        if t.is_floating_point():
+            noise = torch.rand(t.shape, generator=g) if "running_var" in name else torch.randn(t.shape, generator=g)
+            t.copy_(0.5 + noise if ("running_var" in name or name.endswith(("c_attn", "w_resid"))) else t + 0.1 * noise)
+    ours.load_state_dict(from_weaver_state_dict(peer.state_dict()))
+    ref = peer(x.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(), mask[:, None].float())
+    return float((ours(x, v, mask) - ref).abs().max())
+
+
+def init_spread(model, weaver_names: bool = False) -> dict[str, float]:
+    """Standard deviation of every weight matrix at initialisation, keyed by physics_tf's parameter names."""
+    sd = model.state_dict()
+    sd = from_weaver_state_dict(sd) if weaver_names else sd
+    return {k: float(t.float().std()) for k, t in sd.items() if k.endswith("weight") and t.dim() >= 2}
 
 
 def step_fns(model, x, v, mask, y, layout: str, autocast: bool):
@@ -79,42 +96,75 @@ def step_fns(model, x, v, mask, y, layout: str, autocast: bool):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per model and mode (medians reported)")
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (very slow on CPUs without bf16 units)")
+    p.add_argument("--bf16-repeats", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(physics_tf model)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     x, v, mask, y = make_batch(a.batch)
     count = lambda m: sum(q.numel() for q in m.parameters())  # noqa: E731
-    models = {"physics_tf": (ParticleTransformer(17, 10), "physics_tf")}
+    ours = ParticleTransformer(17, 10)
+    models = {"physics_tf": (ours, "physics_tf")}
     peer = weaver_part()
+    result: dict = {"batch": a.batch, "threads": torch.get_num_threads(), "params": count(ours), "rows": []}
     if peer is not None:
         models["weaver-core"] = (peer, "weaver")
-        assert count(peer) == count(models["physics_tf"][0]), (count(peer), count(models["physics_tf"][0]))
+        assert count(peer) == count(ours), (count(peer), count(ours))
+        result["max_logit_diff_same_weights"] = check_same_function(ours, peer, x[:32], v[:32], mask[:32])
+        spread_ours, spread_ref = init_spread(ours), init_spread(peer, weaver_names=True)
+        result["init_std_ratio_range"] = [min(spread_ours[k] / spread_ref[k] for k in spread_ours),
+                                          max(spread_ours[k] / spread_ref[k] for k in spread_ours)]
+    if a.compile:
+        models["physics_tf+compile"] = (torch.compile(copy.deepcopy(ours), dynamic=True), "physics_tf")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, pad 128, "
-          f"mean real particles {mask.sum(1).float().mean():.1f}, params {count(models['physics_tf'][0]):,}")
-    rows = []
+          f"mean real particles {mask.sum(1).float().mean():.1f}, longest {int(mask.sum(1).max())}, "
+          f"params {count(ours):,} (weaver-core: {count(peer) if peer is not None else 'not installed'})")
+    print("both: dropout 0.1 (attention weights, activations, residual branches), AdamW lr 1e-4; training trims "
+          "each batch to a random quantile q ~ U(0.9, 1.02) of its multiplicities (weaver-core SequenceTrimmer, "
+          "after its 5 warm-up calls), inference to the longest jet")
+    if "max_logit_diff_same_weights" in result:
+        lo, hi = result["init_std_ratio_range"]
+        print(f"same function: max |logit difference| with the reference's (randomised) weights loaded = "
+              f"{result['max_logit_diff_same_weights']:.2e}; init std ratio per weight matrix {lo:.3f} … {hi:.3f}")
     for precision in ["fp32"] + (["bf16"] if a.bf16 else []):
+        repeats = a.repeats if precision == "fp32" else a.bf16_repeats
         fns = {name: step_fns(m, x, v, mask, y, layout, precision == "bf16") for name, (m, layout) in models.items()}
+        for train, infer in fns.values():  # warm-up: > 5 forward calls, past the reference trimmer's warm-up
+            for _ in range(3 if precision == "fp32" else 1):
+                train(), infer()
         times = {name: {"train": [], "infer": []} for name in models}
-        for _ in range(a.steps):  # alternate models so drifts in machine load hit both
+        for step in range(repeats):  # alternate models so drifts in machine load hit both
             for name, (train, infer) in fns.items():
-                times[name]["train"] += timed(train, 1)
-                times[name]["infer"] += timed(infer, 1)
+                for mode, fn in (("train", train), ("infer", infer)):
+                    torch.manual_seed(1000 + step)  # the same random trimming length for both models
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name][mode].append(time.perf_counter() - t0)
         for name in models:
-            tr = a.batch / statistics.median(times[name]["train"])
-            inf = a.batch / statistics.median(times[name]["infer"])
-            rows.append((precision, name, tr, inf))
-    print(f"{'precision':<10}{'model':<14}{'train jets/s':>14}{'infer jets/s':>14}")
-    for r in rows:
-        print(f"{r[0]:<10}{r[1]:<14}{r[2]:>14.1f}{r[3]:>14.1f}")
+            result["rows"].append({"precision": precision, "model": name, "repeats": repeats,
+                                   "train_jets_s": a.batch / statistics.median(times[name]["train"]),
+                                   "infer_jets_s": a.batch / statistics.median(times[name]["infer"])})
+    print(f"{'precision':<10}{'model':<20}{'train jets/s':>14}{'infer jets/s':>14}")
+    for r in result["rows"]:
+        print(f"{r['precision']:<10}{r['model']:<20}{r['train_jets_s']:>14.1f}{r['infer_jets_s']:>14.1f}")
+    result["ratios"] = {}
     if peer is not None:
-        for precision in sorted({r[0] for r in rows}):
-            ours = next(r for r in rows if r[0] == precision and r[1] == "physics_tf")
-            ref = next(r for r in rows if r[0] == precision and r[1] == "weaver-core")
-            print(f"{precision}: physics_tf / weaver-core = train {ours[2] / ref[2]:.2f}x, inference {ours[3] / ref[3]:.2f}x")
+        for precision in dict.fromkeys(r["precision"] for r in result["rows"]):
+            rows = {r["model"]: r for r in result["rows"] if r["precision"] == precision}
+            for name in rows:
+                if name == "weaver-core":
+                    continue
+                tr = rows[name]["train_jets_s"] / rows["weaver-core"]["train_jets_s"]
+                inf = rows[name]["infer_jets_s"] / rows["weaver-core"]["infer_jets_s"]
+                result["ratios"][f"{precision} {name}"] = {"train": tr, "infer": inf}
+                print(f"{precision}: {name} / weaver-core = train {tr:.2f}x (goal 1.3), inference {inf:.2f}x (goal 1.5)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

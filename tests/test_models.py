@@ -153,3 +153,40 @@ def test_part_trims_randomly_only_in_training():
             m.p = 0.0
     outs = [model(x, v, mask) for _ in range(3)]
     assert not all(torch.allclose(outs[0], o) for o in outs[1:])  # different random subsets
+
+
+def test_part_initialisation_follows_the_reference():
+    """weaver-core's init: Xavier per Q/K/V matrix, Xavier elsewhere, zero biases, 1/√(2l) on out_proj and fc2."""
+    torch.manual_seed(0)
+    model = ParticleTransformer(17, 10)
+    for layer, block in enumerate(model.blocks, start=1):
+        w = block.attn.in_proj.weight  # (3·128, 128): bound √(6 / (128 + 128))
+        assert w.abs().max() <= math.sqrt(6 / 256) and w.abs().max() > 0.95 * math.sqrt(6 / 256)
+        assert block.attn.in_proj.bias.abs().max() == 0 and block.fc1.bias.abs().max() == 0
+        fc2_bound = math.sqrt(6 / (512 + 128)) / math.sqrt(2 * layer)
+        assert 0.95 * fc2_bound < block.fc2.weight.abs().max() <= fc2_bound
+        out_bound = math.sqrt(6 / 256) / math.sqrt(2 * layer)
+        assert 0.95 * out_bound < block.attn.out_proj.weight.abs().max() <= out_bound
+    cls_bound = math.sqrt(6 / 256)  # class blocks: Xavier, not rescaled
+    assert 0.95 * cls_bound < model.cls_blocks[0].attn.out_proj.weight.abs().max() <= cls_bound
+    first = model.pair_embed.mlp[1]  # pair MLP keeps PyTorch's default init, like the reference's convs
+    assert first.bias.abs().max() > 0 and first.weight.abs().max() <= 1 / math.sqrt(4)
+
+
+def test_part_equals_weaver_core_with_the_same_weights():
+    """Optional: with weaver-core installed (the [bench] extra), loading its weights gives the same eval logits."""
+    weaver = pytest.importorskip("weaver.nn.model.ParticleTransformer")
+    from physics_tf.models.part import from_weaver_state_dict
+
+    torch.manual_seed(0)
+    ref = weaver.ParticleTransformer(input_dim=7, num_classes=3, embed_dims=(16, 32, 16), pair_embed_dims=(8, 8),
+                                     num_heads=2, num_layers=2, num_cls_layers=1).eval()
+    with torch.no_grad():
+        for name, t in ref.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(0.5 + torch.rand_like(t) if "running_var" in name else t + 0.1 * torch.randn_like(t))
+    ours = ParticleTransformer(7, 3, **SMALL_PART).eval()
+    ours.load_state_dict(from_weaver_state_dict(ref.state_dict()))
+    x, v, mask = random_jets()
+    expected = ref(x.transpose(1, 2), v.transpose(1, 2), mask[:, None].float())
+    torch.testing.assert_close(ours(x, v, mask), expected, atol=1e-5, rtol=1e-4)

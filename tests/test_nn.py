@@ -140,3 +140,90 @@ def test_class_token_pool_summarises_real_elements_only():
     wrapper = torch.nn.ModuleDict({"pool": pool})
     _, no_decay = split_weight_decay_params(wrapper)
     assert "pool.cls_token" in no_decay
+
+
+def test_dropout_bits_rate_values_and_seed():
+    from physics_tf.nn.attention import Dropout, dropout_bits, dropout_keep
+
+    x = torch.ones(400_000)
+    torch.manual_seed(0)
+    out = dropout_bits(x, 0.1)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 5 * math.sqrt(0.1 * 0.9 / x.numel())  # binomial: 5σ
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.9)]
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropout_bits(x, 0.1), out)  # reproducible under torch.manual_seed
+    # neighbouring elements are independent (the 16-bit draws come in groups of 4 from one 64-bit number)
+    keep = dropout_keep(torch.empty(400_000), 0.5).float().view(-1, 4)
+    corr = torch.corrcoef(keep.T)
+    assert (corr - torch.eye(4)).abs().max() < 0.02
+    assert dropout_bits(x, 0.1, training=False) is x and dropout_bits(x, 0.0) is x
+    assert (Dropout(1.0)(torch.ones(5)) == 0).all()
+
+
+def test_attention_with_dropout_equals_naive_with_the_same_keep_mask():
+    from physics_tf.nn.attention import dropout_keep
+
+    torch.manual_seed(0)
+    B, H, L, d = 2, 3, 6, 4
+    q, k, v = (torch.randn(B, H, L, d, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(B, H, L, L, dtype=torch.float64)
+    mask = torch.arange(L)[None] < torch.tensor([6, 3])[:, None]
+    for attn_mask in (attention_mask(mask, bias), attention_mask(mask)):
+        torch.manual_seed(7)
+        out = attention(q, k, v, attn_mask, dropout_p=0.3)
+        torch.manual_seed(7)
+        keep = dropout_keep(torch.empty(B, H, L, L), 0.3)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d)
+        logits = logits + attn_mask if attn_mask.dtype != torch.bool else logits.masked_fill(~attn_mask, float("-inf"))
+        expected = (logits.softmax(-1) * keep / 0.7) @ v
+        torch.testing.assert_close(out, expected)
+
+
+def test_packed_block_equals_dense_block_on_real_elements():
+    from physics_tf.nn.attention import Packing
+
+    torch.manual_seed(6)
+    block = TransformerBlock(16, 4, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0, normformer=True).double()
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    mask = torch.arange(5)[None] < torch.tensor([5, 2, 4])[:, None]
+    bias = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    packing = Packing(mask)
+    torch.testing.assert_close(packing.unpack(packing.pack(x)), x * mask[..., None])
+    for train in (False, True):  # SDPA (eval) and the baddbmm path (train, here without dropout)
+        block.train(train)
+        block.attn.dropout = 0.25 if train else 0.0
+        torch.manual_seed(1)
+        dense = block(x, attention_mask(mask, bias))
+        torch.manual_seed(1)  # the same attention dropout: packing changes no random draw
+        packed = block(packing.pack(x), attention_mask(mask, bias), packing)
+        torch.testing.assert_close(packed, dense[mask])
+
+
+def test_pair_embedding_eval_folds_batchnorm_exactly_and_fills_the_key_mask():
+    torch.manual_seed(8)
+    emb = PairEmbedding(num_heads=3, dims=(8, 8)).double()
+    for m in emb.modules():  # non-trivial BatchNorm statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+    emb.eval()
+    feats = torch.randn(50, 4, dtype=torch.float64)
+    torch.testing.assert_close(emb._eval_mlp(feats), emb.mlp(feats))
+    emb.float()  # pair features are always computed in fp32
+    v = torch.stack([four_vector(10 + i, 0.1 * i, 0.2 * i, 0.0) for i in range(4)]).float()[None].repeat(3, 1, 1)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [False] * 4])
+    bias = emb(v, mask)
+    torch.testing.assert_close(emb(v, mask, key_mask_value=float("-inf")), attention_mask(mask, bias))
+
+
+def test_pair_mlp_gradients_equal_plain_autograd():
+    torch.manual_seed(9)
+    emb = PairEmbedding(num_heads=3, dims=(8,)).double().train()
+    feats = torch.randn(40, 4, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(emb._train_mlp(feats).square().sum(), [feats, *emb.parameters()])
+    expected = torch.autograd.grad(emb.mlp(feats).square().sum(), [feats, *emb.parameters()])
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)

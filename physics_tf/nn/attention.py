@@ -38,11 +38,81 @@ def attention_mask(key_mask: Tensor | None, bias: Tensor | None = None, dtype: t
     return bias.masked_fill(~keep, float("-inf"))  # (B, H, Lq, Lk)
 
 
+def dropout_keep(x: Tensor, p: float) -> Tensor:
+    """Bernoulli keep mask (bool, shape of x, P(keep) = 1 − p) from 16 random bits per element — on CPUs the
+    random-number generation dominates ``F.dropout``, and this draws ~7× cheaper. ``p`` is resolved to 1/32768
+    (0.1 → 0.100006)."""
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # 63 random bits each
+    bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # uniform on 0 … 32767
+    return bits >= round(p * 32768)
+
+
+def dropout_bits(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Dropout (zero each element with probability ``p``, scale the rest by 1/(1 − p)) with :func:`dropout_keep`."""
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    keep = dropout_keep(x, p)
+    multiplier = torch.where(keep, torch.full((), 1.0 / (1.0 - p), dtype=x.dtype, device=x.device),
+                             torch.zeros((), dtype=x.dtype, device=x.device))
+    return x * multiplier  # one pass forward, one backward
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout_bits` (same distribution, cheaper RNG)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout_bits(x, self.p, self.training)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
-    """Scaled dot-product attention: q (B, H, Lq, d), k/v (B, H, Lk, d), attn_mask from :func:`attention_mask`."""
+    """Scaled dot-product attention: q (B, H, Lq, d), k/v (B, H, Lk, d), attn_mask from :func:`attention_mask`.
+
+    Without dropout: fused SDPA (flash kernel on CPU, also with a float bias). With dropout SDPA falls back to its
+    unfused math path anyway; ours instead adds the bias inside the QKᵀ GEMM (``baddbmm``), skips SDPA's
+    all-masked-row checks (:func:`attention_mask` already guards those rows) and drops attention weights with
+    :func:`dropout_bits`.
+    """
     if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
         attn_mask = attn_mask.to(q.dtype)  # autocast: SDPA wants the float mask in the query's dtype
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, Lq, d)
+    if dropout_p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Lq, d)
+    B, H, Lq, d = q.shape
+    Lk = k.shape[2]
+    scale = d**-0.5
+    if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.shape == (B, H, Lq, Lk):
+        scores = torch.baddbmm(attn_mask.reshape(B * H, Lq, Lk), q.reshape(B * H, Lq, d),
+                               k.reshape(B * H, Lk, d).transpose(1, 2), alpha=scale).view(B, H, Lq, Lk)
+    else:
+        scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    weights = scores.softmax(dim=-1) * dropout_keep(scores, dropout_p)  # dropped, not yet rescaled
+    return (weights @ v) * (1.0 / (1.0 - dropout_p))  # rescale the (…, d) output, not the (…, Lk) weights
+
+
+class Packing:
+    """Real elements of a padded (B, L) set as one flat list, for token-wise layers that need not see padding.
+
+    ``pack`` (B, L, …) → (N_real, …) in row-major order of ``mask``; ``unpack`` is its inverse with zeros at padding.
+    Linear layers, LayerNorms and activations then cost N_real rows instead of B·L; only attention unpacks.
+    """
+
+    def __init__(self, mask: Tensor) -> None:
+        self.shape = mask.shape  # (B, L)
+        self.batch, self.pos = mask.nonzero(as_tuple=True)  # (N_real,) each
+        self.index = self.batch * mask.shape[1] + self.pos  # (N_real,) into the flattened (B·L)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, L, …) → (N_real, …); also accepts non-contiguous views (e.g. (B, H, L, d).transpose(1, 2))."""
+        return x[self.batch, self.pos]
+
+    def unpack(self, values: Tensor) -> Tensor:
+        """(N_real, …) → (B, L, …), zeros at padding."""
+        out = values.new_zeros(self.shape[0] * self.shape[1], *values.shape[1:])
+        return out.index_copy(0, self.index, values).view(*self.shape, *values.shape[1:])
 
 
 class MultiheadAttention(nn.Module):
@@ -52,7 +122,7 @@ class MultiheadAttention(nn.Module):
     ----------
     dim: model width; num_heads: heads (dim must divide); dropout: attention-weight dropout (training only);
     head_scale: NormFormer's learned per-head scale of the attention output (Shleifer et al. 2021,
-    arXiv 2110.09456), applied before the output projection.
+    arXiv 2110.09456), applied — as in the reference ParT — to each head's block of output-projection channels.
 
     The parameter layout matches ``nn.MultiheadAttention`` (one (3·dim, dim) input projection + output
     projection), so the parameter count of models built on it equals the reference's.
@@ -75,17 +145,27 @@ class MultiheadAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """x: queries (B, Lq, D); context: keys/values (B, Lk, D), default x (self-attention)."""
+    def forward(self, x: Tensor, context: Tensor | None = None, attn_mask: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
+        """x: queries (B, Lq, D); context: keys/values (B, Lk, D), default x (self-attention).
+
+        With ``packing`` (self-attention only) x is the packed real elements (N_real, D): the projections run on
+        them alone and only the attention itself sees the padded (B, L) layout; the output is packed too.
+        """
         if context is None:
-            q, k, v = self.in_proj(x).chunk(3, dim=-1)  # 3 × (B, L, D)
+            qkv = self.in_proj(x)  # (B, L, 3D) or packed (N_real, 3D)
+            if packing is not None:
+                qkv = packing.unpack(qkv)  # (B, L, 3D), zeros at padding
+            b, n, _ = qkv.shape
+            q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, L, d)
         else:
             w, b = self.in_proj.weight, self.in_proj.bias
-            q = F.linear(x, w[: self.dim], b[: self.dim])  # (B, Lq, D)
-            k, v = F.linear(context, w[self.dim :], b[self.dim :]).chunk(2, dim=-1)  # 2 × (B, Lk, D)
+            q = self._heads(F.linear(x, w[: self.dim], b[: self.dim]))  # (B, H, Lq, d)
+            k, v = map(self._heads, F.linear(context, w[self.dim :], b[self.dim :]).chunk(2, dim=-1))  # (B, H, Lk, d)
         p = self.dropout if self.training else 0.0
-        out = attention(self._heads(q), self._heads(k), self._heads(v), attn_mask, p)  # (B, H, Lq, d)
-        if self.head_scale is not None:
-            out = out * self.head_scale.view(1, -1, 1, 1).to(out.dtype)
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.dim)  # (B, Lq, D)
-        return self.out_proj(out)
+        out = attention(q, k, v, attn_mask, p).transpose(1, 2)  # (B, Lq, H, d)
+        out = packing.pack(out) if packing is not None else out  # (N_real, H, d)
+        out = self.out_proj(out.reshape(*out.shape[:-2], self.dim))  # (…, D)
+        if self.head_scale is not None:  # per head, on the output projection's channels (as the reference does)
+            out = out * self.head_scale.repeat_interleave(self.head_dim).to(out.dtype)
+        return out

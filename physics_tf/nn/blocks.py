@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from physics_tf.nn.attention import MultiheadAttention
+from physics_tf.nn.attention import Dropout, MultiheadAttention, Packing
 
 
 class TransformerBlock(nn.Module):
@@ -35,17 +35,18 @@ class TransformerBlock(nn.Module):
         self.pre_attn_norm = nn.LayerNorm(dim)
         self.attn = MultiheadAttention(dim, num_heads, dropout=attn_dropout, head_scale=normformer)
         self.post_attn_norm = nn.LayerNorm(dim) if normformer else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_fc_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, ffn_dim)
         self.act = nn.GELU()
-        self.act_dropout = nn.Dropout(activation_dropout)
+        self.act_dropout = Dropout(activation_dropout)
         self.post_fc_norm = nn.LayerNorm(ffn_dim) if normformer else nn.Identity()
         self.fc2 = nn.Linear(ffn_dim, dim)
         self.resid_scale = nn.Parameter(torch.ones(dim)) if normformer else None
 
-    def _attend(self, query: Tensor, context: Tensor | None, attn_mask: Tensor | None) -> Tensor:
-        return self.dropout(self.post_attn_norm(self.attn(query, context, attn_mask)))
+    def _attend(self, query: Tensor, context: Tensor | None, attn_mask: Tensor | None,
+                packing: Packing | None = None) -> Tensor:
+        return self.dropout(self.post_attn_norm(self.attn(query, context, attn_mask, packing)))
 
     def _feed_forward(self, x: Tensor) -> Tensor:
         h = self.act_dropout(self.act(self.fc1(self.pre_fc_norm(x))))  # (B, L, ffn_dim)
@@ -53,14 +54,26 @@ class TransformerBlock(nn.Module):
         residual = x if self.resid_scale is None else x * self.resid_scale
         return residual + h
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """x (B, L, D); attn_mask from :func:`physics_tf.nn.attention.attention_mask`."""
-        x = x + self._attend(self.pre_attn_norm(x), None, attn_mask)  # (B, L, D)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, packing: Packing | None = None) -> Tensor:
+        """x (B, L, D); attn_mask from :func:`physics_tf.nn.attention.attention_mask`.
+
+        With ``packing``, x is the packed real elements (N_real, D) (:class:`physics_tf.nn.attention.Packing`):
+        every token-wise layer then skips the padding and the output stays packed.
+        """
+        x = x + self._attend(self.pre_attn_norm(x), None, attn_mask, packing)  # (B, L, D) or (N_real, D)
         return self._feed_forward(x)
 
 
 class ClassAttentionBlock(TransformerBlock):
-    """Class attention: the class token (B, 1, D) queries [class token, x] (B, 1 + L, D)."""
+    """Class attention: the class token (B, 1, D) queries [class token, x] (B, 1 + L, D).
+
+    ``norm_query``: the query is the layer-normed class token (CaiT); False queries with the raw class token, as
+    the reference ParT does (keys and values are layer-normed either way).
+    """
+
+    def __init__(self, *args, norm_query: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm_query = norm_query
 
     def forward(self, x_cls: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """x_cls (B, 1, D), x (B, L, D), mask (B, L) True = real → updated class token (B, 1, D)."""
@@ -69,7 +82,7 @@ class ClassAttentionBlock(TransformerBlock):
         if mask is not None:
             keep = torch.cat((mask.new_ones(mask.shape[0], 1), mask), dim=1)  # class token is never masked
             attn_mask = keep[:, None, None, :]  # (B, 1, 1, 1 + L)
-        x_cls = x_cls + self._attend(u[:, :1], u, attn_mask)  # (B, 1, D)
+        x_cls = x_cls + self._attend(u[:, :1] if self.norm_query else x_cls, u, attn_mask)  # (B, 1, D)
         return self._feed_forward(x_cls)
 
 

@@ -35,8 +35,11 @@ class ParticleEmbedding(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, L, C), mask (B, L) → (B, L, out_dim) with zeros at padding."""
-        h = self.mlp(self.input_bn(x[mask]))  # (N_real, out_dim)
-        return scatter_real(h, mask)
+        return scatter_real(self.forward_packed(x[mask]), mask)
+
+    def forward_packed(self, x: Tensor) -> Tensor:
+        """The real elements only: (N_real, C) → (N_real, out_dim)."""
+        return self.mlp(self.input_bn(x))
 
 
 def sinusoidal_encoding(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
