@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export WANDB_MODE ?= offline
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo generate train test test-all bench clean
+.PHONY: install demo generate train test test-all bench clean slurm-packages
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,19 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
+
+## Debian's SLURM + munge, for tests/test_slurm.py's localhost cluster (only as root with apt-get; else a warning).
+slurm-packages:
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "warning: slurm-packages needs root and apt-get; tests/test_slurm.py will skip"; \
+	elif command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+		&& command -v munged >/dev/null; then \
+		echo "SLURM packages already installed"; \
+	else \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null \
+		 || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null)) \
+		|| echo "warning: apt-get install slurmctld slurmd slurm-client munge failed; tests/test_slurm.py will skip"; \
+	fi
 
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"

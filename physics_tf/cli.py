@@ -14,32 +14,114 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from physics_tf.cluster import register_resolvers
 from physics_tf.config import config_dir, project_root
+
+register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function
+
+
+# errors that are the user's input, not a bug: one line on stderr, exit status 2
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from physics_tf.cluster import DeviceError
+    from physics_tf.data.errors import DataError
+    from physics_tf.training import CheckpointError, OutputDirError
+
+    return (DataError, FileNotFoundError, CheckpointError, OutputDirError, DeviceError, MisconfigurationException,
+            HydraException, OmegaConfBaseException)
+
+
+def one_line(err: BaseException) -> str:
+    """An error (and the config error that caused it) as one line.
+
+    Errors from DataLoader workers arrive with the worker's traceback: only its last line is kept. Hydra's
+    composition errors span several lines (the failing override, a hint, the available options): joined.
+    """
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:
+        text = text.splitlines()[-1].split("Error: ", 1)[-1]
+    parts = [text] if text else [type(err).__name__]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        parts.append(str(cause).strip())
+    out: list[str] = []
+    for part in parts:
+        for raw in part.split("\nConfig search path")[0].splitlines():
+            line = raw.strip()
+            if not line or line.startswith(("object_type=", "Set the environment variable HYDRA_FULL")):
+                continue
+            if raw.startswith("\t") and out:  # Hydra's indented list of available options
+                out[-1] += (" " if out[-1].endswith(":") else ", ") + line
+            else:
+                out.append(line.rstrip("."))
+    return "; ".join(out)
+
+
+_PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "timed out", "Timed out",
+               "Socket Timeout", "NCCL", "gloo", "ProcessGroup", "store", "TCPStore")
+
+
+def peer_failure(err: BaseException) -> str | None:
+    """One line for a distributed run that failed because another rank died or hung; None for other errors."""
+    import torch.distributed as dist
+
+    is_dist_error = isinstance(err, getattr(dist, "DistError", ()))
+    text = str(err).strip()
+    if not (is_dist_error or any(sign in text for sign in _PEER_SIGNS)):
+        return None
+    if not (dist.is_available() and dist.is_initialized()) and not is_dist_error:
+        return None
+    rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
+    first = (text.splitlines() or [type(err).__name__])[0]
+    first = first.split("] ", 1)[-1] if first.startswith("[") else first
+    return (f"rank {rank}: another DDP process failed or stopped responding, so this one stops too ({first[:300]}); "
+            "the failing rank's own error is in its log above")
 
 
 def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     """A no-argument callable that runs ``fn`` under ``@hydra.main`` with ``config_name``.
 
-    Bad input (:class:`physics_tf.data.errors.DataError`, a missing checkpoint) ends the program with one line
-    on stderr and exit status 2 instead of a traceback.
+    Bad input — unreadable data (:class:`physics_tf.data.errors.DataError`), a missing or foreign checkpoint, an
+    unwritable run directory, devices this machine lacks, an unknown config group option or key — ends the program
+    with one line on stderr (``physics_tf: error: ...``) and exit status 2 instead of a traceback.
     """
 
     def task(cfg: DictConfig) -> Any:
-        from physics_tf.data.errors import DataError
-
         try:
             return fn(cfg)
-        except (DataError, FileNotFoundError) as err:
-            # errors from DataLoader workers arrive with the worker's traceback: keep its last line
-            lines = str(err).strip().splitlines() or [repr(err)]
-            message = lines[-1].split("Error: ", 1)[-1] if len(lines) > 1 else lines[0]
-            print(f"physics_tf: error: {message}", file=sys.stderr)
+        except _input_errors() as err:
+            print(f"physics_tf: error: {one_line(err)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except RuntimeError as err:
+            peer = peer_failure(err)
+            if peer is None:
+                raise
+            print(f"physics_tf: error: {peer}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
     def main() -> Any:
         os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+        # Hydra prints composition errors over several lines unless HYDRA_FULL_ERROR is set, in which case it raises
+        # them: catch them here and print one line (a user who set HYDRA_FULL_ERROR gets Hydra's full trace).
+        full_error_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        os.environ["HYDRA_FULL_ERROR"] = "1"
         wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
-        return wrapped()
+        try:
+            return wrapped()
+        except (*_input_errors(), OSError) as err:
+            input_error = isinstance(err, _input_errors())  # (Hydra's MissingConfigException is an OSError too)
+            if full_error_wanted or not (input_error or getattr(err, "filename", None)):
+                raise
+            message = one_line(err)
+            if not input_error:
+                # Hydra creating or writing the run directory
+                message = (f"cannot create or write {err.filename}: {err.strerror}; set hydra.run.dir (or "
+                           "paths.log_dir) to a writable directory")
+            print(f"physics_tf: error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     main.__name__ = config_name
     return main
