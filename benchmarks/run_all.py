@@ -28,6 +28,7 @@ def main() -> None:
     if not (ROOT / "data" / "generated" / "lightcurves_sim" / "test.h5").is_file():
         run([str(ROOT / "pipelines" / "generate.py"), "data=lightcurves_sim"])
     run([str(HERE / "bench_lightcurves.py")])
+    run([str(HERE / "bench_ddp.py")])
 
 
 if __name__ == "__main__":
