@@ -262,16 +262,21 @@ class JetIterableDataset(IterableDataset):
 
         def drain(final: bool):
             nonlocal buf, buffered
-            arrs = [np.concatenate([getattr(c, f) for c in buf]) for f in ChunkArrays._fields]
-            if self.train:
-                perm = rng.permutation(buffered)
-                arrs = [a[perm] for a in arrs]
+            arrs = [np.concatenate([getattr(c, f) for c in buf]) if len(buf) > 1 else getattr(buf[0], f)
+                    for f in ChunkArrays._fields]
+            buf = []  # the concatenation holds the data now: let the chunks go
+            # train: gather each batch (and the kept rest) through the permutation instead of permuting a whole
+            # copy of the buffer first — the same batches, one buffer-sized copy less at the memory peak
+            order = rng.permutation(buffered) if self.train else None
             n_out = math.ceil(buffered / bs) if final else max(0, (buffered - keep) // bs)
             for k in range(n_out):
-                yield self._to_batch(*(a[k * bs:(k + 1) * bs] for a in arrs))
+                sel = slice(k * bs, (k + 1) * bs) if order is None else order[k * bs:(k + 1) * bs]
+                yield self._to_batch(*(a[sel] for a in arrs))
             used = min(n_out * bs, buffered)
-            rest = [a[used:] for a in arrs]
-            buf = [ChunkArrays(*rest)] if buffered - used else []
+            if buffered - used:
+                rest = slice(used, None) if order is None else order[used:]
+                buf = [ChunkArrays(*(a[rest] for a in arrs))]
+            del arrs
             buffered -= used
 
         for ca in self._worker_chunks(epoch, worker_id, num_workers, stats):
