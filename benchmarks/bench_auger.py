@@ -13,8 +13,9 @@ Method
 * Throughput: median wall time of a full training step (forward, MSE loss, backward, AdamW step) over
   ``--steps`` repeats after one warm-up, the models alternating in one run (the machine may be shared: compare
   the ratio, not the absolute figures).
-* Peak memory: each point runs in a fresh subprocess; it builds model and batch, reads its resident set size
-  (``/proc/self/statm``), runs the step, and reports ``ru_maxrss`` − that RSS: the extra memory the step needed at
+* Peak memory: each point runs in a fresh subprocess; it builds model and batch, resets the process's peak
+  RSS (``/proc/self/clear_refs``), reads its resident set size (``/proc/self/statm``), runs the step, and reports
+  the peak (``VmHWM``) − that RSS: the extra memory the step needed at
   its peak (activations, gradients, attention matrices), after a warm-up step so one-time library set-up is not
   counted; the child runs with a fixed glibc ``MALLOC_MMAP_THRESHOLD_`` so large tensors are ``mmap``-ed and
   returned when freed and the RSS peak follows the live tensors. On CUDA ``torch.cuda.max_memory_allocated`` is used instead.
@@ -34,7 +35,6 @@ import csv
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -95,9 +95,13 @@ def peak_extra(fn) -> float:
         before = torch.cuda.memory_allocated()
         fn()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with open("/proc/self/clear_refs", "w") as fh:  # Linux ≥ 4.0: reset the peak RSS (VmHWM) to the current RSS
+        fh.write("5")
     before = rss_bytes()
     fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
+    with open("/proc/self/status") as fh:
+        hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) * 1024
+    return (hwm - before) / 2**20
 
 
 # ---------------------------------------------------------------------------------------------- child points
