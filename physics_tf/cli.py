@@ -20,18 +20,22 @@ from physics_tf.config import config_dir, project_root
 register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function
 
 
-# errors that are the user's input, not a bug: one line on stderr, exit status 2
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from omegaconf.errors import OmegaConfBaseException
+# Errors that are the user's input, not a bug: one line on stderr, exit status 2. Matched by name, so that a
+# config error found before training imports nothing heavy (Lightning alone takes seconds to import).
+INPUT_ERRORS = frozenset({
+    "builtins.FileNotFoundError",
+    "physics_tf.data.errors.DataError",
+    "physics_tf.training.CheckpointError",
+    "physics_tf.training.OutputDirError",
+    "physics_tf.cluster.DeviceError",
+    "lightning.fabric.utilities.exceptions.MisconfigurationException",
+    "hydra.errors.HydraException",
+    "omegaconf.errors.OmegaConfBaseException",
+})
 
-    from physics_tf.cluster import DeviceError
-    from physics_tf.data.errors import DataError
-    from physics_tf.training import CheckpointError, OutputDirError
 
-    return (DataError, FileNotFoundError, CheckpointError, OutputDirError, DeviceError, MisconfigurationException,
-            HydraException, OmegaConfBaseException)
+def is_input_error(err: BaseException) -> bool:
+    return any(f"{cls.__module__}.{cls.__qualname__}" in INPUT_ERRORS for cls in type(err).__mro__)
 
 
 def one_line(err: BaseException) -> str:
@@ -92,11 +96,11 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
     def task(cfg: DictConfig) -> Any:
         try:
             return fn(cfg)
-        except _input_errors() as err:
-            print(f"physics_tf: error: {one_line(err)}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        except RuntimeError as err:
-            peer = peer_failure(err)
+        except Exception as err:
+            if is_input_error(err):
+                print(f"physics_tf: error: {one_line(err)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            peer = peer_failure(err) if isinstance(err, RuntimeError) else None
             if peer is None:
                 raise
             print(f"physics_tf: error: {peer}", file=sys.stderr, flush=True)
@@ -111,9 +115,10 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
         wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         try:
             return wrapped()
-        except (*_input_errors(), OSError) as err:
-            input_error = isinstance(err, _input_errors())  # (Hydra's MissingConfigException is an OSError too)
-            if full_error_wanted or not (input_error or getattr(err, "filename", None)):
+        except Exception as err:
+            input_error = is_input_error(err)  # (Hydra's MissingConfigException is an OSError too)
+            unwritable = isinstance(err, OSError) and getattr(err, "filename", None)
+            if full_error_wanted or not (input_error or unwritable):
                 raise
             message = one_line(err)
             if not input_error:

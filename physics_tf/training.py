@@ -419,8 +419,8 @@ def load_run_config(ckpt_path: str | Path) -> dict[str, Any]:
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild model + data from the checkpoint's stored config (or ``cfg.data`` if given) and run the test stage."""
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_devices(cfg.trainer)
+    output_dir = prepare_output_dir(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     stored = OmegaConf.create(load_run_config(cfg.ckpt_path))
     data_cfg = cfg.data if cfg.get("data") else stored.data
