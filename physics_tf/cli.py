@@ -28,6 +28,7 @@ INPUT_ERRORS = frozenset({
     "physics_tf.training.CheckpointError",
     "physics_tf.training.OutputDirError",
     "physics_tf.cluster.DeviceError",
+    "physics_tf.cluster.LaunchError",
     "lightning.fabric.utilities.exceptions.MisconfigurationException",
     "hydra.errors.HydraException",
     "omegaconf.errors.OmegaConfBaseException",

@@ -99,3 +99,39 @@ def check_devices(trainer_cfg: Any) -> None:
 
 class DeviceError(RuntimeError):
     """The configured accelerator/devices do not exist on this machine."""
+
+
+class LaunchError(RuntimeError):
+    """A combination of launcher and trainer that cannot work (see :func:`check_launch`)."""
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def check_launch(trainer_cfg: Any) -> None:
+    """Refuse a Hydra multirun in-process (the basic launcher) with a trainer that makes Lightning start its own ranks.
+
+    Lightning starts the extra DDP ranks by re-running ``sys.argv``: in a multirun that is the whole sweep again, in
+    every rank (a known Lightning + Hydra trap). Sweeps of multi-process trainings go through a launcher whose
+    tasks are the ranks: ``hydra/launcher=slurm`` or ``hydra/launcher=local``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.launcher.get("_target_") != BASIC_LAUNCHER:
+        return
+    if any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID")):
+        return  # the ranks are started by someone else (srun, torchrun, a submitit task)
+    strategy = trainer_cfg.get("strategy", "auto")
+    target = strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else str(strategy)
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
+    processes = (devices if isinstance(devices, int) else 2) * int(nodes)
+    if "ddp" in target.lower() and "spawn" not in target.lower() and processes > 1:
+        raise LaunchError(
+            f"a Hydra multirun (-m) with {target.rsplit('.', 1)[-1]} on {processes} processes: Lightning would re-run the "
+            "whole sweep in every rank; add hydra/launcher=local (this machine) or hydra/launcher=slurm, whose "
+            "tasks are the ranks"
+        )

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
-from physics_tf.cluster import adopt_submitit_local_ranks, check_devices, register_resolvers
+from physics_tf.cluster import adopt_submitit_local_ranks, check_devices, check_launch, register_resolvers
+from physics_tf.logging_utils import flatten  # W&B and CSV loggers compare flat keys best
 from physics_tf.utils.io import atomic_path
 
 register_resolvers()
@@ -291,18 +292,6 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} → {'a.b': 1}: W&B and CSV loggers compare flat keys best."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _build(cfg: DictConfig, output_dir: Path, model_cfg: DictConfig, task_cfg: DictConfig):
     """Data module, network and task from their configs.
 
@@ -338,6 +327,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (optionally) test. Returns the test metrics (empty if ``test=false``)."""
     adopt_submitit_local_ranks()  # hydra/launcher=local with several tasks: ranks from submitit
     check_devices(cfg.trainer)
+    check_launch(cfg.trainer)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     L.seed_everything(cfg.seed, workers=True)

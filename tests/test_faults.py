@@ -66,6 +66,8 @@ def test_a_hanging_ddp_rank_hits_the_collective_timeout(data_dir, tmp_path):  # 
     (["-m", "hydra/launcher=slurmm"], ["Could not find 'hydra/launcher/slurmm'", "local, slurm"]),
     (["-m", "hydra/launcher=slurm", "hydra.launcher.partitionn=gpu"],
      ["Could not override 'hydra.launcher.partitionn'", "Key 'partitionn' not in 'SlurmQueueConf'"]),
+    (["-m", "trainer=ddp_cpu", "seed=1,2"], ["Lightning would re-run the whole sweep in every rank",
+                                             "hydra/launcher=local"]),
 ])
 def test_bad_config_is_one_line(args, expected, tmp_path):
     flags = [a for a in args if a.startswith("-")]  # (Hydra's -m goes before the overrides)
