@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
+from physics_tf.callbacks import WandbTestReport
 from physics_tf.cluster import adopt_submitit_local_ranks, check_devices, check_launch, register_resolvers
 from physics_tf.logging_utils import flatten  # W&B and CSV loggers compare flat keys best
 from physics_tf.utils.io import atomic_path
@@ -345,8 +346,6 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg.get("callbacks")) + [RunStateInCheckpoint(resolved)]
     if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
-    for logger in loggers:
-        logger.log_hyperparams({**flatten(resolved), "n_parameters": n_params})
     extra: dict[str, Any] = {}
     if SLURMEnvironment.detect():
         # physics_tf's SlurmPreemption owns SIGUSR1 and requeueing; Lightning still reads the ranks from SLURM
@@ -355,6 +354,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.trainer.get("plugins") is None:
             extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    # only now: the Trainer knows this process's global rank (a node-1 process started by env vars without RANK
+    # would otherwise count as rank 0 and open a second W&B run); the loggers write on global rank 0 only
+    for logger in loggers:
+        logger.log_hyperparams({**flatten(resolved), "n_parameters": n_params})
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is not None:
@@ -420,7 +423,9 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     datamodule, _, task = _build(run_cfg, output_dir, stored.model, stored.task)
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    # with a W&B logger the evaluate run gets the same plots, tables and summary metrics as a training run's test
+    callbacks = [WandbTestReport()] if any(type(lg).__name__ == "WandbLogger" for lg in loggers) else []
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     try:
         trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False, weights_only=True)
     finally:

@@ -16,11 +16,13 @@ Batch fields (batch contract of :mod:`physics_tf.tasks.common`)::
     y             (B,)   int64     class index
     aux_first_detection (B,) float32   time of the first detection (days, same origin as ``time``)
 
-Augmentations (training split only, a fresh draw every time an object is served, from torch's RNG so that
-``seed_everything`` makes them reproducible): random truncation of the observed window to end
-``U(0, span)`` days after the first detection (probability ``truncate_prob``; early classification), dropping
-each observation with probability ``drop_prob``, and extra flux noise N(0, (``flux_noise``·σ)²) with σ inflated
-to σ·sqrt(1 + flux_noise²). Light curves longer than ``max_length`` keep a random window (train) or the window
+Augmentations (training split only, a fresh draw every time an object is served, from a generator seeded by
+(``seed``, epoch, object index), so they are reproducible, independent of DataLoader workers, and draw nothing from
+the global RNG — a run resumed mid-epoch sees the same augmented objects and dropout draws as one that never
+stopped; the loader is :class:`physics_tf.data.datamodule.EpochMapDataLoader`): random truncation of the observed
+window to end ``U(0, span)`` days after the first detection (probability ``truncate_prob``; early
+classification), dropping each observation with probability ``drop_prob``, and extra flux noise
+N(0, (``flux_noise``·σ)²) with σ inflated to σ·sqrt(1 + flux_noise²). Light curves longer than ``max_length`` keep a random window (train) or the window
 centred on the highest-S/N observation (val / test).
 
 Under DDP Lightning inserts a ``DistributedSampler`` (map-style dataset), which pads the val/test sets to a
@@ -30,6 +32,7 @@ multiple of the world size.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,9 +41,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from physics_tf.data.datamodule import _plain
+from physics_tf.data.datamodule import EpochMapDataLoader, _plain, trainer_epoch
 from physics_tf.data.errors import ConfigError, DataError, UnknownLabelError
 from physics_tf.data.lightcurves import LightCurves, convert_plasticc_csv, read_lightcurves_h5, window
 
@@ -83,8 +86,12 @@ class LightCurveDataset(Dataset):
     """Objects of one split; ``__getitem__`` returns one object's (possibly augmented) variable-length arrays."""
 
     def __init__(self, lc: LightCurves, labels: np.ndarray, meta: np.ndarray, max_length: int = 256,
-                 train: bool = False, truncate_prob: float = 0.0, drop_prob: float = 0.0, flux_noise: float = 0.0):
+                 train: bool = False, truncate_prob: float = 0.0, drop_prob: float = 0.0, flux_noise: float = 0.0,
+                 seed: int = 0):
         self.lc, self.labels, self.meta = lc, labels, meta
+        self.seed = int(seed)
+        # shared with DataLoader workers (also persistent ones): set_epoch() in the main process is seen there
+        self._epoch = multiprocessing.get_context().RawValue("q", 0)
         self.max_length = int(max_length)
         self.train = bool(train)
         self.truncate_prob, self.drop_prob, self.flux_noise = float(truncate_prob), float(drop_prob), float(flux_noise)
@@ -92,11 +99,15 @@ class LightCurveDataset(Dataset):
     def __len__(self) -> int:
         return len(self.lc)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation draws ``__getitem__`` makes."""
+        self._epoch.value = int(epoch)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         o = self.lc.object(i)
         mjd, band, flux, err, det = o["mjd"], o["passband"], o["flux"], o["flux_err"], o["detected"]
         keep = np.ones(len(mjd), bool)
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()))) if self.train else None
+        rng = np.random.default_rng([self.seed, int(self._epoch.value), int(i)]) if self.train else None
         if rng is not None:
             if self.truncate_prob > 0 and rng.random() < self.truncate_prob:
                 t_det = mjd[np.argmax(det > 0)] if det.any() else mjd[0]
@@ -294,25 +305,29 @@ class LightCurveDataModule(pl.LightningDataModule):
                 idx = np.sort(perm[:n_val] if split == "val" else perm[n_val:])
                 lc, labels, meta = lc.select(idx), labels[idx], meta[idx]
             train = split == "train"
-            self.datasets[split] = LightCurveDataset(lc, labels, meta, self.max_length, train=train,
+            self.datasets[split] = LightCurveDataset(lc, labels, meta, self.max_length, train=train, seed=self.seed,
                                                      **(self.augment if train else {}))
             log.info("%s: %s, %d objects, %d observations", split, path, len(lc), int(lc.offsets[-1]))
 
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> EpochMapDataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         if split not in self.datasets:
             raise ValueError(f"data.files.{split} is not set; cannot build the {split} dataloader")
         train = split == "train"
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=train, drop_last=False,
-                          collate_fn=collate_lightcurves, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+        return EpochMapDataLoader(self.datasets[split], self._current_epoch, seed=self.seed,
+                                  batch_size=self.batch_size, shuffle=train, drop_last=False,
+                                  collate_fn=collate_lightcurves, num_workers=self.num_workers,
+                                  persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 
-    def train_dataloader(self) -> DataLoader:
+    def _current_epoch(self) -> int:
+        return trainer_epoch(getattr(self, "trainer", None))
+
+    def train_dataloader(self) -> EpochMapDataLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> EpochMapDataLoader:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> EpochMapDataLoader:
         return self._loader("test")
