@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed steps per model and mode (medians reported)")
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (very slow on CPUs without bf16 units)")
     p.add_argument("--bf16-repeats", type=int, default=1)
+    p.add_argument("--bf16-batch", type=int, default=32, help="smaller batch for bf16 (same for both models)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(physics_tf model)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
@@ -133,7 +134,9 @@ def main() -> None:
               f"{result['max_logit_diff_same_weights']:.2e}; init std ratio per weight matrix {lo:.3f} … {hi:.3f}")
     for precision in ["fp32"] + (["bf16"] if a.bf16 else []):
         repeats = a.repeats if precision == "fp32" else a.bf16_repeats
-        fns = {name: step_fns(m, x, v, mask, y, layout, precision == "bf16") for name, (m, layout) in models.items()}
+        nb = a.batch if precision == "fp32" else a.bf16_batch
+        fns = {name: step_fns(m, x[:nb], v[:nb], mask[:nb], y[:nb], layout, precision == "bf16")
+               for name, (m, layout) in models.items()}
         for train, infer in fns.values():  # warm-up: > 5 forward calls, past the reference trimmer's warm-up
             for _ in range(3 if precision == "fp32" else 1):
                 train(), infer()
@@ -146,12 +149,12 @@ def main() -> None:
                     fn()
                     times[name][mode].append(time.perf_counter() - t0)
         for name in models:
-            result["rows"].append({"precision": precision, "model": name, "repeats": repeats,
-                                   "train_jets_s": a.batch / statistics.median(times[name]["train"]),
-                                   "infer_jets_s": a.batch / statistics.median(times[name]["infer"])})
-    print(f"{'precision':<10}{'model':<20}{'train jets/s':>14}{'infer jets/s':>14}")
+            result["rows"].append({"precision": precision, "model": name, "repeats": repeats, "batch": nb,
+                                   "train_jets_s": nb / statistics.median(times[name]["train"]),
+                                   "infer_jets_s": nb / statistics.median(times[name]["infer"])})
+    print(f"{'precision':<10}{'model':<20}{'batch':>6}{'train jets/s':>14}{'infer jets/s':>14}")
     for r in result["rows"]:
-        print(f"{r['precision']:<10}{r['model']:<20}{r['train_jets_s']:>14.1f}{r['infer_jets_s']:>14.1f}")
+        print(f"{r['precision']:<10}{r['model']:<20}{r['batch']:>6}{r['train_jets_s']:>14.1f}{r['infer_jets_s']:>14.1f}")
     result["ratios"] = {}
     if peer is not None:
         for precision in dict.fromkeys(r["precision"] for r in result["rows"]):

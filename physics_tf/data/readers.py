@@ -440,7 +440,10 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
             out.add(nm)
         return out
 
-    x = np.zeros((N, P, C), np.float32)  # (N, P, C)
+    # features are gathered column by column into one (kept particles, C) matrix, then scattered into the
+    # padded (N, P, C) array in one row-wise pass (C contiguous values per particle, not C strided passes)
+    dest = rows * P + cols  # (kept particles,) row of the flattened (N·P) particle axis
+    vals = np.empty((len(src), C), np.float32)  # (kept particles, C)
     for c, (spec, expr) in enumerate(zip(cfg.feature_specs, cfg.feature_exprs)):
         res = expr.evaluate(values)
         if not isinstance(res, ak.Array) or res.ndim < 2:
@@ -450,13 +453,19 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
         val = (flat - spec.subtract) * spec.multiply
         if spec.clip is not None:
             val = np.clip(val, spec.clip[0], spec.clip[1])
-        x[rows, cols, c] = val[src]
+        vals[:, c] = val[src]
+    x = np.zeros((N * P, C), np.float32)
+    x[dest] = vals
+    x = x.reshape(N, P, C)  # (N, P, C)
 
-    v = np.zeros((N, P, 4), np.float32)  # (N, P, 4) = (px, py, pz, E)
+    vecs = np.empty((len(src), 4), np.float32)
     for c, name in enumerate(cfg.vectors):
         flat = _flat_float(arr[name], total, source, name)
         check_finite(flat, name)
-        v[rows, cols, c] = flat[src]
+        vecs[:, c] = flat[src]
+    v = np.zeros((N * P, 4), np.float32)
+    v[dest] = vecs
+    v = v.reshape(N, P, 4)  # (N, P, 4) = (px, py, pz, E)
 
     mask = np.zeros((N, P), bool)  # (N, P)
     mask[rows, cols] = True
