@@ -279,9 +279,7 @@ def _loader_batches(make, epoch: int, state=None):
 
 @pytest.mark.parametrize("kind,workers", [
     ("jets", 0), ("jets", 2), ("auger", 0), ("lightcurves", 0), ("lightcurves", 2),
-    pytest.param("auger", 2, marks=pytest.mark.xfail(strict=True, reason=(
-        "AugerDataset._epoch is a plain int: persistent DataLoader workers never see set_epoch(), so every epoch "
-        "after the first repeats epoch 0's order (fix: a shared RawValue, as JetIterableDataset has)"))),
+    ("auger", 2),
 ])
 def test_loader_state_resumes_mid_epoch(kind, workers, data_dir, tmp_path):
     """A fresh loader given the state after k batches of epoch e yields exactly the rest of that epoch; other epochs

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -243,10 +244,12 @@ class AugerDataset(IterableDataset):
         if self.num_entries == 0:
             raise DataError(files[0] if files else None, "no events in this split", None)
         self.rank, self.world_size = rank, world_size
-        self._epoch = 0
+        # shared with DataLoader workers (also persistent ones): set_epoch() in the main process is seen there
+        self._epoch = multiprocessing.get_context().RawValue("q", 0)
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
+        """Select the epoch's shuffle (takes effect at the next ``iter()``)."""
+        self._epoch.value = int(epoch)
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = int(rank), int(world_size)
@@ -303,7 +306,7 @@ class AugerDataset(IterableDataset):
         if not self.train:
             yield from self._iter_eval(worker_id, num_workers)
             return
-        epoch = self._epoch if epoch is None else epoch
+        epoch = int(self._epoch.value) if epoch is None else epoch
         blocks = self._rank_blocks(epoch)[worker_id::num_workers] or self._rank_blocks(epoch)
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id, 1])
         total = len(self)
