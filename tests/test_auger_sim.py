@@ -183,7 +183,7 @@ def test_generate_and_datamodule_batches(tmp_path):
     assert again["files"] == res["files"]
     dm = AugerDataModule({"train": [str(tmp_path / "train_*.h5")], "val": [str(tmp_path / "val_*.h5")]},
                          targets=["xmax", "lna"], batch_size=16, chunk_events=32, augment=True)
-    assert dm.model_dims == {"grid_size": 9, "n_bins": 120, "num_targets": 2}
+    assert dm.model_dims == {"grid_size": 9, "n_bins": 120, "num_targets": 2, "num_classes": 0}
     dm.setup("fit")
     train = list(dm.train_dataloader())
     assert len(train) == len(dm.datasets["train"]) == 70 // 16
