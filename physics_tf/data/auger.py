@@ -57,6 +57,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from physics_tf.data.datamodule import StreamingDataModule, _plain
 from physics_tf.data.dataset import batches_per_rank
+from physics_tf.data.auger_sim import LN_A
 from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
 
 __all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "TARGETS", "PRIMARIES"]
@@ -64,7 +65,6 @@ __all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "T
 log = logging.getLogger(__name__)
 
 PRIMARIES = ("p", "He", "N", "Fe")
-MASS_NUMBERS = (1, 4, 14, 56)
 STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
 EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
 # default standardisation of the targets: (value - mean) / std
@@ -240,6 +240,7 @@ class AugerDataset(IterableDataset):
         self.blocks = [(i, s, min(s + chunk_events, r.n_events)) for i, r in enumerate(self.readers)
                        for s in range(0, r.n_events, chunk_events)]
         self.num_entries = sum(r.n_events for r in self.readers)
+        self._offsets = np.cumsum([0] + [r.n_events for r in self.readers])  # first event of each file
         self.chunk_events = max(1, int(chunk_events))
         if self.num_entries == 0:
             raise DataError(files[0] if files else None, "no events in this split", None)
@@ -274,7 +275,7 @@ class AugerDataset(IterableDataset):
     def _read_global(self, g0: int, g1: int) -> dict[str, np.ndarray]:
         """Events ``g0 … g1 − 1`` of the split in file order, indices taken modulo N (wrap-around padding)."""
         n = self.num_entries
-        offsets = np.cumsum([0] + [r.n_events for r in self.readers])
+        offsets = self._offsets
         parts = []
         g = g0
         while g < g1:
@@ -386,7 +387,7 @@ class AugerDataModule(StreamingDataModule):
                 "target_mean": [float(self.target_norm[t][0]) for t in self.targets],
                 "target_std": [float(self.target_norm[t][1]) for t in self.targets],
                 "primaries": list(PRIMARIES), "num_classes": self.num_classes,
-                "primary_lna": [math.log(a) for a in MASS_NUMBERS]}
+                "primary_lna": [float(v) for v in LN_A]}
 
     def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> AugerDataset:
         return AugerDataset(
