@@ -11,14 +11,20 @@
    cross-attend to the patch tokens (Perceiver, Jaegle et al. arXiv 2103.03206), self-attention runs among the
    latents only, so attention memory is heads·k·P — O(k·L), for very long traces.
 2. **Station tokens**: the temporal summary plus an MLP embedding of the station's position, arrival time and
-   total signal.
+   total signal and (``geometry=True``) of the event's shower geometry from :class:`ShowerGeometry` — a plane-front
+   fit to the arrival times as in the standard SD reconstruction (direction, sec θ, total signal) and, per station,
+   the time residual to that plane (front curvature) and the distance to the shower axis. A hexagonal
+   convolution reads the time gradient off neighbour differences; attention weights do not move differences into
+   the values, so without the fit the spatial transformer has to rediscover the arrival direction, on which the
+   slant depth X_ground / cos θ − X_max depends.
 3. **Spatial transformer** over the real stations. The triggered stations of each event (median ~14 of 81 for
    9×9 patches) are packed to the front and the station axis is cut to the batch's largest count, so attention
    costs (max real)² instead of n⁴; padding is masked. With ``pair_bias=True`` the attention logits get an
    additive per-head bias from each station pair's geometry and timing (distance, arrival-time difference,
    signal and height differences, through a small MLP computed once per event) — the spatial counterpart of the
    Particle Transformer's pair features (Qu, Li, Qian, arXiv 2202.03772): the shower-front curvature, which
-   carries X_max, is a relation between pairs of stations. Then class-attention pooling and a linear head.
+   carries X_max, is a relation between pairs of stations. Then class-attention pooling and the masked mean of
+   the station tokens, concatenated with the event geometry, go through an MLP head (``head_hidden``).
 
 Masked stations never enter the computation (their trace is not encoded, their key is masked), so the output
 does not depend on their contents, and station order does not matter (positions come from the coordinates).
@@ -34,7 +40,12 @@ from physics_tf.nn.attention import attention_mask
 from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
 from physics_tf.nn.embeddings import scatter_real, sinusoidal_encoding
 
-__all__ = ["TemporalEncoder", "PerceiverTemporalEncoder", "StationPairBias", "AugerTransformer"]
+__all__ = ["TemporalEncoder", "PerceiverTemporalEncoder", "StationPairBias", "ShowerGeometry", "AugerTransformer"]
+
+# batch units (physics_tf.data.auger.to_batch): x, y in grid spacings of 1500 m, z in 100 m, times in µs
+SPACING_KM = 1.5
+Z_UNIT_KM = 0.1
+C_KM_PER_US = 0.299792458
 
 
 def patch_tokens(x: Tensor, patch: int, embed: nn.Linear, dim: int) -> Tensor:
@@ -136,6 +147,74 @@ class StationPairBias(nn.Module):
         return self.mlp(pair).permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
 
 
+def _solve3(a: Tensor, rhs: Tensor) -> Tensor:
+    """Solve batched 3×3 systems a (B, 3, 3) x = rhs (B, 3) by Cramer's rule (elementwise ops only, so it exports
+    to ONNX and runs in any dtype)."""
+
+    def det(c0: Tensor, c1: Tensor, c2: Tensor) -> Tensor:  # columns (B, 3) → (B,)
+        return (c0[:, 0] * (c1[:, 1] * c2[:, 2] - c1[:, 2] * c2[:, 1])
+                - c1[:, 0] * (c0[:, 1] * c2[:, 2] - c0[:, 2] * c2[:, 1])
+                + c2[:, 0] * (c0[:, 1] * c1[:, 2] - c0[:, 2] * c1[:, 1]))
+
+    c0, c1, c2 = a[..., 0], a[..., 1], a[..., 2]
+    d = det(c0, c1, c2)[:, None]
+    return torch.stack([det(rhs, c1, c2), det(c0, rhs, c2), det(c0, c1, rhs)], dim=-1) / d  # (B, 3)
+
+
+class ShowerGeometry(nn.Module):
+    """Per-event shower geometry from the station times and signals, as a classic SD reconstruction starts.
+
+    1. Plane front: a signal-weighted least-squares fit t_i = t_0 + b·(x_i, y_i) over the event's stations (ridge
+       ``ridge`` for events with fewer than three). A front moving along −â reaches station i at
+       t_0 − â·r_i / c, so the ground components of the arrival direction are â_xy = −b · c / spacing,
+       sin θ = |â_xy| (clipped below 1), cos θ = √(1 − sin²θ).
+    2. Core: the signal-weighted barycentre of the stations (weights S in VEM).
+    3. Per station: the time residual to the plane (µs; the front curvature, whose radius grows with the distance
+       to X_max) and the distance to the shower axis (grid spacings; lateral distribution and rise time depend on
+       it, not on the distance on the ground).
+
+    Together with the slant depth X_ground / cos θ this is what X_max is inferred from (DX = X_ground / cos θ −
+    X_max sets the electromagnetic attenuation and rise times; see the simulator :mod:`physics_tf.data.auger_sim`).
+    A hexagonal convolution gets the time gradient from neighbour differences for free; attention weights do not
+    carry differences into the values, so the transformer is given the fit (no trainable parameters).
+
+    Input ``features`` (B, L, 5) = ``[x, y, z, t, log10(1 + S)]`` (batch units), ``mask`` (B, L).
+    Output: station features (B, L, 2) = [time residual, axis distance] and event features (B, 5) =
+    [â_x, â_y, cos θ, sec θ, log10 Σ S].
+    """
+
+    def __init__(self, ridge: float = 1e-3) -> None:
+        super().__init__()
+        self.ridge = ridge
+
+    def forward(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = features.dtype
+        f = features.float()
+        m = mask.to(f.dtype)  # (B, L)
+        x, y, z, t = f[..., 0], f[..., 1], f[..., 2] * (Z_UNIT_KM / SPACING_KM), f[..., 3]  # grid units, µs
+        s = torch.pow(10.0, f[..., 4]).sub(1.0).clamp_min(0.0) * m  # (B, L) VEM
+        w = f[..., 4].clamp_min(0.0) * m  # (B, L) fit weights log10(1 + S): hot stations count more
+        design = torch.stack([torch.ones_like(x), x, y], dim=-1)  # (B, L, 3)
+        wd = design * w[..., None]
+        # products and sums, not matmul: autocast leaves them in float32
+        normal = (wd[..., :, None] * design[..., None, :]).sum(1) + self.ridge * torch.eye(3, device=f.device)
+        coef = _solve3(normal, (wd * t[..., None]).sum(1))  # (B, 3): t_0, b_x, b_y
+        resid = (t - (design * coef[:, None, :]).sum(-1)) * m  # (B, L) µs
+        axy = -coef[:, 1:] * (C_KM_PER_US / SPACING_KM)  # (B, 2)
+        sin2 = axy.square().sum(-1).clamp(max=0.98)  # (B,) θ ≤ 82°
+        axy = axy * torch.rsqrt(axy.square().sum(-1).clamp_min(1e-12) / sin2.clamp_min(1e-12))[:, None]
+        cos = (1.0 - sin2).sqrt()  # (B,)
+        axis = torch.cat([axy, cos[:, None]], dim=-1)  # (B, 3) unit vector towards the source
+        total = s.sum(1).clamp_min(1e-6)  # (B,)
+        core = torch.stack([(s * x).sum(1), (s * y).sum(1), (s * z).sum(1)], dim=-1) / total[:, None]  # (B, 3)
+        d = torch.stack([x, y, z], dim=-1) - core[:, None, :]  # (B, L, 3)
+        along = (d * axis[:, None, :]).sum(-1)  # (B, L)
+        r_axis = (d.square().sum(-1) - along.square()).clamp_min(0.0).add(1e-6).sqrt() * m  # (B, L)
+        station = torch.stack([resid, r_axis], dim=-1)
+        event = torch.cat([axis, (1.0 / cos)[:, None], total.log10()[:, None]], dim=-1)
+        return station.to(dtype), event.to(dtype)
+
+
 def pack_real(mask: Tensor) -> Tensor:
     """(B, S) station mask → (B, L) mask of the packed layout: event b's real stations first, L = largest count."""
     counts = mask.sum(dim=1)  # (B,)
@@ -153,6 +232,9 @@ class AugerTransformer(nn.Module):
     patch, temporal_dim, temporal_heads, temporal_depth, window / latents: the temporal encoder.
     dim, num_heads, depth: the spatial transformer; ffn_ratio via the blocks' default (4).
     pair_bias, pair_hidden: the :class:`StationPairBias` of the spatial attention.
+    geometry: feed the :class:`ShowerGeometry` fit (station and event features) to the station tokens and the head.
+    head_hidden: hidden width of the head MLP on [class-attention summary, mean station token, event geometry];
+        0 = a linear head.
     num_classes: extra outputs (logits of that many mass classes) after the regression outputs; 0 = none.
     dropout: everywhere; predict_variance: output means and log-variances (2·num_targets values).
     """
@@ -161,7 +243,7 @@ class AugerTransformer(nn.Module):
                  temporal_heads: int = 4, temporal_depth: int = 2, window: int = 12, dim: int = 128,
                  num_heads: int = 8, depth: int = 4, dropout: float = 0.0, predict_variance: bool = False,
                  temporal_encoder: str = "window", latents: int = 16, pair_bias: bool = True, pair_hidden: int = 32,
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, geometry: bool = True, head_hidden: int = 128) -> None:
         super().__init__()
         self.grid_size, self.n_bins = grid_size, n_bins
         self.num_outputs = num_targets * (2 if predict_variance else 1) + num_classes
@@ -173,13 +255,19 @@ class AugerTransformer(nn.Module):
         else:
             raise ValueError(f"temporal_encoder: expected 'window' or 'perceiver', got {temporal_encoder!r}")
         self.pair_bias = StationPairBias(num_heads, pair_hidden) if pair_bias else None
-        self.station_embed = nn.Sequential(nn.Linear(5, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.geometry = ShowerGeometry() if geometry else None
+        n_station, n_event = (5 + 2 + 5, 5) if geometry else (5, 0)
+        self.station_embed = nn.Sequential(nn.Linear(n_station, dim), nn.GELU(), nn.Linear(dim, dim))
         self.token_proj = nn.Linear(temporal_dim, dim)
         self.blocks = nn.ModuleList(
             [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
              for _ in range(depth)])
         self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
-        self.head = nn.Linear(dim, self.num_outputs)
+        self.mean_norm = nn.LayerNorm(dim)
+        d_head = 2 * dim + n_event  # class-attention summary, masked mean of the stations, event geometry
+        self.head = (nn.Sequential(nn.Linear(d_head, head_hidden), nn.GELU(), nn.Dropout(dropout),
+                                   nn.Linear(head_hidden, self.num_outputs))
+                     if head_hidden > 0 else nn.Linear(d_head, self.num_outputs))
 
     def forward(self, traces: Tensor, times: Tensor, signals: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         """traces (B, n, n, T), times/signals (B, n, n), positions (B, n, n, 3), mask (B, n, n) → (B, outputs)."""
@@ -191,12 +279,20 @@ class AugerTransformer(nn.Module):
         m = mask.reshape(b, s)  # (B, S)
         summary = self.temporal(traces.reshape(b, s, t)[m])  # (N_real, Dt)
         extra = torch.cat([positions, times.unsqueeze(-1), signals.unsqueeze(-1)], dim=-1).reshape(b, s, 5)[m]
-        tok = self.token_proj(summary) + self.station_embed(extra)  # (N_real, D)
         packed = pack_real(m)  # (B, L): real stations first, L = the batch's largest count
+        extra_packed = scatter_real(extra, packed)  # (B, L, 5)
+        inputs, event = extra, extra.new_zeros(b, 0)
+        if self.geometry is not None:
+            station_geo, event = self.geometry(extra_packed, packed)  # (B, L, 2), (B, 5)
+            event_rows = event[:, None, :].expand(-1, packed.shape[1], -1)[packed]  # (N_real, 5): its event's
+            inputs = torch.cat([extra, station_geo[packed], event_rows], dim=-1)  # (N_real, 12)
+        tok = self.token_proj(summary) + self.station_embed(inputs)  # (N_real, D)
         x = scatter_real(tok, packed)  # (B, L, D), zeros at padding
-        bias = self.pair_bias(scatter_real(extra, packed)) if self.pair_bias is not None else None  # (B, H, L, L)
+        bias = self.pair_bias(extra_packed) if self.pair_bias is not None else None  # (B, H, L, L)
         am = attention_mask(packed, bias)  # built once for all blocks
         for blk in self.blocks:  # = blk(x, am) on the real rows; the feed-forward skips the padding
             x = x + blk._attend(blk.pre_attn_norm(x), None, am)  # (B, L, D)
             x = scatter_real(blk._feed_forward(x[packed]), packed)  # (B, L, D)
-        return self.head(self.pool(x, packed))  # (B, outputs)
+        weights = packed.to(x.dtype)[..., None]  # (B, L, 1)
+        mean = self.mean_norm((x * weights).sum(1) / weights.sum(1).clamp_min(1.0))  # (B, D)
+        return self.head(torch.cat([self.pool(x, packed), mean, event], dim=-1))  # (B, outputs)
