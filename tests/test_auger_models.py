@@ -37,6 +37,9 @@ def small_models(num_targets=1, predict_variance=False, n_bins=T):
         "transformer": AugerTransformer(N, n_bins, num_targets, patch=10, temporal_dim=16, temporal_heads=2,
                                         temporal_depth=1, dim=16, num_heads=2, depth=1,
                                         predict_variance=predict_variance),
+        "baseline_geometry": AugerHexConvNet(N, n_bins, num_targets, rnn="gru", rnn_hidden=8, trace_pool=4,
+                                             station_dim=8, conv_channels=(8, 8), head_dims=(16,),
+                                             predict_variance=predict_variance, geometry=True),
     }
 
 
@@ -76,7 +79,7 @@ def test_hex_conv_delta_spreads_to_exactly_the_six_axial_neighbours():
     assert conv.weight.grad[0, 0, 0, 0] == 0 and conv.weight.grad[0, 0, 2, 2] == 0
 
 
-@pytest.mark.parametrize("name", ["baseline", "transformer"])
+@pytest.mark.parametrize("name", ["baseline", "transformer", "baseline_geometry"])
 def test_masked_stations_change_nothing(name, batch):
     net = small_models()[name].eval()
     x = inputs(batch)
@@ -378,10 +381,11 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
         assert "accuracy" in metrics["primary"] and (tmp_path / "run" / "confusion.png").is_file()
 
 
-def test_ci_sized_run_transformer_beats_the_mean_and_matches_the_baseline(tmp_path):
-    """The issue's acceptance check at CI size (thresholds stated here, smaller than for a long run): trained on
-    3,000 simulated events for 4 epochs with reduced widths, on 800 held-out events the transformer's X_max RMS
-    error is below 0.8 × the spread of true X_max and at most 1.1 × the baseline's. (Long run: see README.)"""
+def test_ci_sized_run_transformer_beats_the_mean_and_the_baseline(tmp_path):
+    """The issue's acceptance check at CI size: trained on 6,000 simulated events for 5 epochs with reduced widths,
+    on 800 held-out events the transformer's X_max RMS error is no worse than the baseline's and below 0.6 × the
+    spread of true X_max (the stated CI threshold; the goal of half the spread is met by the long run in the
+    README). Measured here: 30.7 vs 34.1 g/cm², spread 59.5."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -392,7 +396,7 @@ def test_ci_sized_run_transformer_beats_the_mean_and_matches_the_baseline(tmp_pa
     from physics_tf.training import run_train
 
     data = tmp_path / "data"
-    run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": 3000, "n_val": 256,
+    run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": 6000, "n_val": 256,
                                    "n_test": 800, "seed": 11, "progress": False}))
     sizes = {"auger_transformer": ["model.temporal_dim=32", "model.temporal_depth=1", "model.dim=48",
                                    "model.num_heads=4", "model.depth=2", "model.pair_hidden=16"],
@@ -403,7 +407,7 @@ def test_ci_sized_run_transformer_beats_the_mean_and_matches_the_baseline(tmp_pa
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data}", *extra,
-                                              "trainer.max_epochs=4", "data.batch_size=32", "task.lr=2e-3",
+                                              "trainer.max_epochs=5", "data.batch_size=32", "task.lr=2e-3",
                                               "logger=none", "callbacks=none", "seed=1"],
                           return_hydra_config=True)
         HydraConfig().set_config(cfg)
@@ -414,5 +418,5 @@ def test_ci_sized_run_transformer_beats_the_mean_and_matches_the_baseline(tmp_pa
         m = run_train(cfg)
         rms[experiment], spread = m["xmax"]["rms"], m["xmax"]["true_std"]
     print(f"X_max RMS: {rms}, spread {spread:.1f} g/cm²")
-    assert rms["auger_transformer"] < 0.8 * spread
-    assert rms["auger_transformer"] <= 1.1 * rms["auger_hexconv"]
+    assert rms["auger_transformer"] < 0.6 * spread
+    assert rms["auger_transformer"] <= rms["auger_hexconv"]

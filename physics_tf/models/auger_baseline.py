@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from physics_tf.models.auger_geometry import ShowerGeometry
 from physics_tf.nn.embeddings import scatter_real
 
 __all__ = ["HexConv2d", "AugerHexConvNet", "HEX_KERNEL_MASK"]
@@ -52,13 +53,17 @@ class AugerHexConvNet(nn.Module):
     head_dims: hidden widths of the dense head (on the flattened grid); dropout: in the head.
     predict_variance: output 2·num_targets values (means, then log-variances) for a Gaussian likelihood.
     num_classes: extra outputs (logits of that many mass classes) after the regression outputs; 0 = none.
+    geometry: also give every station the :class:`~physics_tf.models.auger_geometry.ShowerGeometry` fit (its time
+        residual and axis distance, the event's direction, sec θ and total signal) — off in the published network;
+        on for the ablation that gives the baseline the transformer's inputs.
     """
 
     def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, rnn: str = "lstm", rnn_hidden: int = 32,
                  rnn_layers: int = 1, trace_pool: int = 2, station_dim: int = 32,
                  conv_channels: tuple[int, ...] | list[int] = (64, 64, 64),
                  head_dims: tuple[int, ...] | list[int] = (128,),
-                 dropout: float = 0.0, predict_variance: bool = False, num_classes: int = 0) -> None:
+                 dropout: float = 0.0, predict_variance: bool = False, num_classes: int = 0,
+                 geometry: bool = False) -> None:
         super().__init__()
         if rnn not in ("lstm", "gru"):
             raise ValueError(f"rnn: expected 'lstm' or 'gru', got {rnn!r}")
@@ -68,7 +73,9 @@ class AugerHexConvNet(nn.Module):
         self.num_outputs = num_targets * (2 if predict_variance else 1) + num_classes
         cls = nn.LSTM if rnn == "lstm" else nn.GRU
         self.rnn = cls(1, rnn_hidden, num_layers=rnn_layers, batch_first=True)
-        self.station = nn.Sequential(nn.Linear(2 * rnn_hidden + 5, station_dim), nn.GELU(),
+        self.geometry = ShowerGeometry() if geometry else None
+        n_extra = 5 + (2 + 5 if geometry else 0)
+        self.station = nn.Sequential(nn.Linear(2 * rnn_hidden + n_extra, station_dim), nn.GELU(),
                                      nn.Linear(station_dim, station_dim), nn.GELU())
         convs: list[nn.Module] = []
         c_in = station_dim
@@ -102,8 +109,11 @@ class AugerHexConvNet(nn.Module):
         # the last state alone forgets the early, informative part of the trace behind its quiet tail:
         # add the time average of the hidden states
         h = torch.cat([h, seq.mean(dim=1)], dim=-1)  # (N_real, 2H)
-        extra = torch.cat([times.unsqueeze(-1), signals.unsqueeze(-1), positions], dim=-1)  # (B, n, n, 5)
-        feats = self.station(torch.cat([h, extra.reshape(b, n * n, 5)[flat_mask]], dim=-1))  # (N_real, C)
+        extra = torch.cat([times.unsqueeze(-1), signals.unsqueeze(-1), positions], dim=-1).reshape(b, n * n, 5)
+        if self.geometry is not None:  # ShowerGeometry takes [x, y, z, t, log10 S]
+            station_geo, event = self.geometry(extra[..., [2, 3, 4, 0, 1]], flat_mask)  # (B, S, 2), (B, 5)
+            extra = torch.cat([extra, station_geo, event[:, None, :].expand(-1, n * n, -1)], dim=-1)  # (B, S, 12)
+        feats = self.station(torch.cat([h, extra[flat_mask]], dim=-1))  # (N_real, C)
         grid = scatter_real(feats, flat_mask).view(b, n, n, -1).permute(0, 3, 1, 2)  # (B, C, n, n)
         grid = self.convs(grid)  # (B, C', n, n)
         return self.head(grid)  # (B, outputs)
