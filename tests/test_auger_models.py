@@ -169,6 +169,16 @@ def test_station_pair_bias_uses_pair_geometry_and_timing(batch):
     x = inputs(batch)
     late = dict(x, times=x["times"] + 0.5 * (torch.arange(N)[None, :, None] - N // 2) * x["mask"])
     assert not torch.allclose(net(**late), net(**x))  # the spatial attention sees the time pattern
+    # the bias reaches the attention: the same network with the bias MLP's output layer changed gives other
+    # outputs (the station tokens also see the times, so the check above alone would pass without the bias)
+    ref = net(**x)
+    with torch.no_grad():
+        net.pair_bias.mlp[-1].weight.add_(torch.randn_like(net.pair_bias.mlp[-1].weight))  # not a constant:
+        # a bias equal for all pairs would cancel in the softmax
+    assert not torch.allclose(net(**x), ref, atol=1e-4)
+    assert small_models()["transformer"].pair_bias is not None
+    assert AugerTransformer(N, T, 1, temporal_dim=8, temporal_heads=2, temporal_depth=1, dim=8, num_heads=2, depth=1,
+                            pair_bias=False).pair_bias is None
 
 
 def plane_front_features(theta_deg, phi_deg, n=12, seed=0):
