@@ -55,9 +55,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from physics_tf.data.auger_sim import LN_A
 from physics_tf.data.datamodule import StreamingDataModule, _plain
 from physics_tf.data.dataset import batches_per_rank
-from physics_tf.data.auger_sim import LN_A
 from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
 
 __all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "TARGETS", "PRIMARIES"]
@@ -69,8 +69,10 @@ STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
 EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
 # default standardisation of the targets: (value - mean) / std
 TARGETS: dict[str, tuple[float, float]] = {"xmax": (750.0, 70.0), "lna": (2.0, 1.6)}
-SPACING = 1500.0
-ALTITUDE = 1400.0
+# batch units (to_batch): x, y in grid spacings, z − ALTITUDE in HEIGHT_UNIT, times in µs (files: m and ns)
+SPACING = 1500.0  # m
+ALTITUDE = 1400.0  # m
+HEIGHT_UNIT = 100.0  # m
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -204,7 +206,7 @@ def to_batch(raw: Mapping[str, np.ndarray], targets: Sequence[str], norm: Mappin
     m = mask.astype(np.float32)
     traces = np.log1p(np.maximum(raw["traces"].astype(np.float32), 0.0)) * m[..., None]
     pos = raw["positions"].astype(np.float32)
-    pos = np.concatenate([pos[..., :2] / SPACING, (pos[..., 2:] - ALTITUDE) / 100.0], axis=-1)
+    pos = np.concatenate([pos[..., :2] / SPACING, (pos[..., 2:] - ALTITUDE) / HEIGHT_UNIT], axis=-1)
     lna = np.log(np.asarray(raw["mass_number"], dtype=np.float64))
     truth = {"xmax": np.asarray(raw["xmax"], dtype=np.float64), "lna": lna}
     y = np.stack([(truth[t] - norm[t][0]) / norm[t][1] for t in targets], axis=-1).astype(np.float32)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ShowerGeometry"]
+from physics_tf.data.auger import HEIGHT_UNIT, SPACING
+from physics_tf.data.auger_sim import C_LIGHT  # m/ns
 
-# batch units (physics_tf.data.auger.to_batch): x, y in grid spacings of 1500 m, z in 100 m, times in µs
-SPACING_KM = 1.5
-Z_UNIT_KM = 0.1
-C_KM_PER_US = 0.299792458
+__all__ = ["ShowerGeometry"]
 
 
 def _solve3(a: Tensor, rhs: Tensor) -> Tensor:
@@ -61,7 +59,7 @@ class ShowerGeometry(nn.Module):
         dtype = features.dtype
         f = features.float()
         m = mask.to(f.dtype)  # (B, L)
-        x, y, z, t = f[..., 0], f[..., 1], f[..., 2] * (Z_UNIT_KM / SPACING_KM), f[..., 3]  # grid units, µs
+        x, y, z, t = f[..., 0], f[..., 1], f[..., 2] * (HEIGHT_UNIT / SPACING), f[..., 3]  # grid units, µs
         s = torch.pow(10.0, f[..., 4]).sub(1.0).clamp_min(0.0) * m  # (B, L) VEM
         w = f[..., 4].clamp_min(0.0) * m  # (B, L) fit weights log10(1 + S): hot stations count more
         design = torch.stack([torch.ones_like(x), x, y], dim=-1)  # (B, L, 3)
@@ -70,9 +68,10 @@ class ShowerGeometry(nn.Module):
         normal = (wd[..., :, None] * design[..., None, :]).sum(1) + self.ridge * torch.eye(3, device=f.device)
         coef = _solve3(normal, (wd * t[..., None]).sum(1))  # (B, 3): t_0, b_x, b_y
         resid = (t - (design * coef[:, None, :]).sum(-1)) * m  # (B, L) µs
-        axy = -coef[:, 1:] * (C_KM_PER_US / SPACING_KM)  # (B, 2)
-        sin2 = axy.square().sum(-1).clamp(max=0.98)  # (B,) θ ≤ 82°
-        axy = axy * torch.rsqrt(axy.square().sum(-1).clamp_min(1e-12) / sin2.clamp_min(1e-12))[:, None]
+        axy = -coef[:, 1:] * (C_LIGHT * 1e3 / SPACING)  # (B, 2): µs per spacing → sin θ (cos φ, sin φ)
+        sin2_fit = axy.square().sum(-1)  # (B,)
+        sin2 = sin2_fit.clamp(max=0.98)  # θ ≤ 82°
+        axy = axy * (sin2 / sin2_fit.clamp_min(1e-12)).sqrt()[:, None]  # shortened where clipped
         cos = (1.0 - sin2).sqrt()  # (B,)
         axis = torch.cat([axy, cos[:, None]], dim=-1)  # (B, 3) unit vector towards the source
         total = s.sum(1).clamp_min(1e-6)  # (B,)
