@@ -68,7 +68,7 @@ def point(variant: str, length: int) -> dict:
             am = attention_mask(mask)
             fn = lambda: attention(q, k, v, am)  # noqa: E731
     else:
-        from physics_tf.models.auger_transformer import PerceiverTemporalEncoder, TemporalEncoder
+        from physics_tf.auger.transformer import PerceiverTemporalEncoder, TemporalEncoder
 
         enc = (TemporalEncoder() if variant == "auger_window" else PerceiverTemporalEncoder()).eval()
         trace = torch.randn(1, length)

@@ -8,8 +8,8 @@ resolution).
 
 Method
 ------
-* Events come from :class:`physics_tf.data.auger_sim.AugerSimulator` (9×9 stations; no files needed), batched
-  by :func:`physics_tf.data.auger.to_batch` exactly as in training. Models are built from ``conf/model/*.yaml``.
+* Events come from :class:`physics_tf.auger.simulate.AugerSimulator` (9×9 stations; no files needed), batched
+  by :func:`physics_tf.auger.data.to_batch` exactly as in training. Models are built from ``conf/model/*.yaml``.
 * Throughput: median wall time of a full training step (forward, MSE loss, backward, AdamW step) over
   ``--steps`` repeats after one warm-up, the models alternating in one run (the machine may be shared: compare
   the ratio, not the absolute figures).
@@ -21,7 +21,7 @@ Method
   returned when freed and the RSS peak follows the live tensors. On CUDA ``torch.cuda.max_memory_allocated`` is used instead.
 * Temporal attention vs trace length L (one station encoder, 64 stations, forward + backward): *naive* — one
   attention layer over the L bins, softmax(QKᵀ/√d)V written out (B·H·L² scores); *window* — our patch + windowed
-  encoder (:class:`~physics_tf.models.auger_transformer.TemporalEncoder`); *perceiver* — the latent-array
+  encoder (:class:`~physics_tf.auger.transformer.TemporalEncoder`); *perceiver* — the latent-array
   encoder. Reported: attention-score elements (counted at ``scaled_dot_product_attention``; analytic L² for the
   naive layer), peak memory, and the log-log slope of memory vs L (2 = quadratic, 1 = linear).
 * Claim (``--runs``): from each run's ``csv/metrics.csv`` the validation loss per epoch; the training time to
@@ -49,11 +49,11 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from physics_tf.data.auger import to_batch  # noqa: E402
-from physics_tf.data.auger_sim import AugerSimulator, SimConfig  # noqa: E402
-from physics_tf.models.auger_transformer import PerceiverTemporalEncoder, TemporalEncoder  # noqa: E402
+from physics_tf.auger.data import to_batch  # noqa: E402
+from physics_tf.auger.simulate import AugerSimulator, SimConfig  # noqa: E402
+from physics_tf.auger.transformer import PerceiverTemporalEncoder, TemporalEncoder  # noqa: E402
 
-MODELS = {"baseline": "auger_baseline", "transformer": "auger_transformer", "perceiver": "auger_perceiver"}
+MODELS = {"baseline": "auger_hexconv", "transformer": "auger_transformer", "perceiver": "auger_perceiver"}
 INPUTS = ("traces", "times", "signals", "positions", "mask")
 
 

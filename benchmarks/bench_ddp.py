@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import make_batch  # noqa: E402
 
-from physics_tf.models.part import ParticleTransformer  # noqa: E402
+from physics_tf.jets.part import ParticleTransformer  # noqa: E402
 
 SMALL = dict(input_dim=17, num_classes=10, embed_dims=[64, 128, 64], pair_embed_dims=[32, 32], num_heads=4,
              num_layers=3, num_cls_layers=1, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_model import make_batch, weaver_part  # noqa: E402
 
-from physics_tf.models.part import ParticleTransformer  # noqa: E402
+from physics_tf.jets.part import ParticleTransformer  # noqa: E402
 
 
 @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)

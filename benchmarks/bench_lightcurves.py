@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from physics_tf.tasks.common import model_inputs  # noqa: E402
+from physics_tf.tasks.base import model_inputs  # noqa: E402
 
 MODELS = ("lightcurve_transformer", "lightcurve_gru")
 

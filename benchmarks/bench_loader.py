@@ -52,7 +52,7 @@ FEATURES = [
 
 def write_files(n_files: int, jets_per_file: int) -> list[Path]:
     """Synthetic JetClass-layout files (cached by size)."""
-    from physics_tf.data.writers import write_jetclass_root
+    from physics_tf.jets.writers import write_jetclass_root
 
     out = []
     for k in range(n_files):
@@ -134,7 +134,7 @@ def child(loader: str, files: list[str], workers: int, batch: int, tmp: Path) ->
 
     torch.set_num_threads(1)
     if loader == "physics_tf":
-        from physics_tf.data.datamodule import JetDataModule
+        from physics_tf.jets.data import JetDataModule
 
         features = {name: {"expr": expr, "subtract": sub, "multiply": mul, "clip": [-5.0, 5.0]}
                     for name, expr, _, sub, mul in FEATURES}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from physics_tf.models.part import ParticleTransformer, from_weaver_state_dict
+from physics_tf.jets.part import ParticleTransformer, from_weaver_state_dict
 
 
 def make_batch(batch: int, pad: int = 128, mean_particles: float = 50.0, features: int = 17, seed: int = 0):

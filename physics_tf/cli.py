@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from physics_tf.cluster import register_resolvers
+from physics_tf.training.cluster import register_resolvers
 from physics_tf.config import config_dir, project_root
 
 register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function
@@ -25,10 +25,10 @@ register_resolvers()  # before Hydra composes; also when a submitit job unpickle
 INPUT_ERRORS = frozenset({
     "builtins.FileNotFoundError",
     "physics_tf.data.errors.DataError",
-    "physics_tf.training.CheckpointError",
-    "physics_tf.training.OutputDirError",
-    "physics_tf.cluster.DeviceError",
-    "physics_tf.cluster.LaunchError",
+    "physics_tf.training.run.CheckpointError",
+    "physics_tf.training.run.OutputDirError",
+    "physics_tf.training.cluster.DeviceError",
+    "physics_tf.training.cluster.LaunchError",
     "lightning.fabric.utilities.exceptions.MisconfigurationException",
     "hydra.errors.HydraException",
     "omegaconf.errors.OmegaConfBaseException",
@@ -134,18 +134,18 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
 
 
 def _train(cfg: DictConfig) -> None:
-    from physics_tf.training import run_train
+    from physics_tf.training.run import run_train
 
     run_train(cfg)
 
 
 def _evaluate(cfg: DictConfig) -> None:
-    from physics_tf.training import run_evaluate
+    from physics_tf.training.run import run_evaluate
 
     run_evaluate(cfg)
 
 
-DEFAULT_GENERATOR = "physics_tf.data.jetgen.run_generate"
+DEFAULT_GENERATOR = "physics_tf.jets.jetgen.run_generate"
 
 
 def _generate(cfg: DictConfig) -> None:
@@ -179,7 +179,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _export(cfg: DictConfig) -> None:
-    from physics_tf.export import run_export
+    from physics_tf.training.export import run_export
 
     run_export(cfg)
 

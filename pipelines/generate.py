@@ -4,7 +4,7 @@
     python pipelines/generate.py gen=jets_large gen.n_workers=16
     python pipelines/generate.py gen.n_train=1000 gen.force=true
 
-All logic lives in :func:`physics_tf.data.jetgen.generate_dataset`.
+All logic lives in :func:`physics_tf.jets.jetgen.generate_dataset`.
 """
 
 import sys

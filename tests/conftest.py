@@ -53,7 +53,7 @@ def synth_jetclass(n_jets: int, seed: int = 0, *, classes=(0, 8), max_particles:
 @pytest.fixture
 def jetclass_file(tmp_path):
     """Factory: write a synthetic JetClass file and return its path."""
-    from physics_tf.data.writers import write_jetclass_root
+    from physics_tf.jets.writers import write_jetclass_root
 
     def make(name="jets.root", n_jets=50, seed=0, **kw):
         p, j, lab = synth_jetclass(n_jets, seed, **kw)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from physics_tf.data.auger import to_batch
-from physics_tf.data.auger_sim import AugerSimulator, SimConfig, axial_to_xy
-from physics_tf.models.auger_baseline import AugerHexConvNet, HexConv2d
-from physics_tf.models.auger_transformer import (AugerTransformer, PerceiverTemporalEncoder, ShowerGeometry,
+from physics_tf.auger.data import to_batch
+from physics_tf.auger.simulate import AugerSimulator, SimConfig, axial_to_xy
+from physics_tf.auger.hexconv import AugerHexConvNet, HexConv2d
+from physics_tf.auger.transformer import (AugerTransformer, PerceiverTemporalEncoder, ShowerGeometry,
                                                  StationPairBias, TemporalEncoder)
 from physics_tf.tasks.regression import RegressionTask, classification_summary, merit_factor, regression_summary
 
@@ -358,7 +358,7 @@ def test_primary_classification_head_trains_and_reports_confusion(name, events, 
         RegressionTask(net, ["xmax"], [750.0], [70.0], num_classes=3)
 
 
-@pytest.mark.parametrize("experiment", ["auger_baseline", "auger_hexconv", "auger_transformer",
+@pytest.mark.parametrize("experiment", ["auger_hexconv", "auger_transformer",
                                         "auger_transformer model=auger_perceiver data.classify_primary=true"])
 def test_experiment_fast_dev_run(experiment, tmp_path):
     from hydra import compose, initialize_config_dir
@@ -367,8 +367,8 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
     from omegaconf import OmegaConf, open_dict
 
     from physics_tf.config import config_dir
-    from physics_tf.data.auger_sim import run_generate
-    from physics_tf.training import run_train
+    from physics_tf.auger.simulate import run_generate
+    from physics_tf.training.run import run_train
 
     data = tmp_path / "data"
     run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": 64, "n_val": 32,
@@ -402,8 +402,8 @@ def test_ci_sized_run_transformer_beats_the_mean_and_the_baseline(tmp_path):
     from omegaconf import OmegaConf, open_dict
 
     from physics_tf.config import config_dir
-    from physics_tf.data.auger_sim import run_generate
-    from physics_tf.training import run_train
+    from physics_tf.auger.simulate import run_generate
+    from physics_tf.training.run import run_train
 
     data = tmp_path / "data"
     run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": 6000, "n_val": 256,

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from physics_tf.data.auger import AugerDataModule, AugerDataset, AugerEventFile, augment_events, write_root
-from physics_tf.data.auger_sim import (
+from physics_tf.auger.data import AugerDataModule, AugerDataset, AugerEventFile, augment_events, write_root
+from physics_tf.auger.simulate import (
     LN_A,
     PRIMARIES,
     AugerSimulator,

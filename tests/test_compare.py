@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from physics_tf.compare import (CompareError, comparison, find_run_dirs, load_local_run, load_wandb_runs, main,
+from physics_tf.training.compare import (CompareError, comparison, find_run_dirs, load_local_run, load_wandb_runs, main,
                                 to_csv, to_markdown)
 
 from test_pipelines import compose_train, data_dir  # noqa: F401 (data_dir: the tiny data sets fixture)
@@ -44,7 +44,7 @@ def make_run(path: Path, config: dict, metrics: dict | None, csv_rows: list[dict
     return path
 
 
-def config(model="physics_tf.models.pfn.ParticleFlowNetwork", lr=1e-3, seed=1):
+def config(model="physics_tf.jets.pfn.ParticleFlowNetwork", lr=1e-3, seed=1):
     return {"experiment_name": "jets", "seed": seed, "model": {"_target_": model, "dims": [64, 64]},
             "task": {"lr": lr, "schedule": "cosine"}, "trainer": {"max_epochs": 2, "default_root_dir": f"/r/{seed}"},
             "callbacks": {"model_checkpoint": {"monitor": "val/auc", "mode": "max", "dirpath": f"/r/{seed}/ckpt"},
@@ -62,7 +62,7 @@ def sweep(tmp_path):
               {"epoch": 1, "train/loss": 0.1}], overrides=["task.lr=1e-3"], model_choice="pfn")
     make_run(root / "1", config(lr=1e-2, seed=1), {"accuracy": 0.70, "auc_macro": 0.8, "rej50_Tbqq": float("inf")},
              [{"epoch": 0, "val/auc": 0.85, "val/loss": 0.5}], overrides=["task.lr=1e-2"], model_choice="pfn")
-    make_run(root / "2", config(model="physics_tf.models.part.ParticleTransformer", seed=1),
+    make_run(root / "2", config(model="physics_tf.jets.part.ParticleTransformer", seed=1),
              {"accuracy": 0.9, "auc_macro": 0.95, "xmax": {"resolution": 20.0}}, overrides=["model=part"],
              model_choice="part")
     return root
@@ -262,7 +262,7 @@ def test_wandb_unreachable_server_is_one_clear_line(monkeypatch):
 
 # ----------------------------------------------------------------------------- real training runs, from the CLI
 def test_compare_real_runs_from_the_command_line(data_dir, tmp_path):
-    from physics_tf.training import run_train
+    from physics_tf.training.run import run_train
 
     common = ["experiment=jets_pfn", f"paths.data_dir={data_dir}", "data.batch_size=16",
               "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.progress_bar.refresh_rate=0"]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from physics_tf.data.config import JetDataConfig
-from physics_tf.data.datamodule import JetDataModule
-from physics_tf.data.dataset import JetIterableDataset, batches_per_rank
+from physics_tf.jets.features import JetDataConfig
+from physics_tf.jets.data import JetDataModule
+from physics_tf.data.streaming import batches_per_rank
+from physics_tf.jets.dataset import JetIterableDataset
 
 
 def _ids(batch) -> list[int]:

@@ -9,8 +9,8 @@ import pytest
 import uproot
 
 from conftest import JETCLASS_LABELS, synth_jetclass
-from physics_tf.data.config import FEATURE_SETS, JetDataConfig
-from physics_tf.data.dataset import JetIterableDataset, build_pieces
+from physics_tf.jets.features import FEATURE_SETS, JetDataConfig
+from physics_tf.jets.dataset import JetIterableDataset, build_pieces
 from physics_tf.data.errors import (
     ConfigError,
     CorruptFileError,
@@ -20,9 +20,9 @@ from physics_tf.data.errors import (
     MissingFieldError,
     UnknownLabelError,
 )
-from physics_tf.data.readers import TopTaggingH5Reader, chunk_to_arrays, make_reader
-from physics_tf.data.writers import toptagging_columns, write_jetclass_root, write_toptagging_h5
-from physics_tf.utils.io import atomic_path
+from physics_tf.jets.readers import TopTaggingH5Reader, chunk_to_arrays, make_reader
+from physics_tf.jets.writers import toptagging_columns, write_jetclass_root, write_toptagging_h5
+from physics_tf.data.atomic import atomic_path
 
 
 def _cfg(**kw):

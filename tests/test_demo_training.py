@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 
-from physics_tf.data.jetgen import generate_dataset  # noqa: E402
+from physics_tf.jets.jetgen import generate_dataset  # noqa: E402
 
 from test_pipelines import compose_train  # noqa: E402
 
@@ -29,6 +29,6 @@ def test_short_part_training_on_generated_jets_reaches_auc_090(tmp_path):
 
 
 def run(cfg):
-    from physics_tf.training import run_train
+    from physics_tf.training.run import run_train
 
     return run_train(cfg)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from physics_tf.export import (ExportError, build_network, example_inputs, export_onnx,  # noqa: E402
+from physics_tf.training.export import (ExportError, build_network, example_inputs, export_onnx,  # noqa: E402
                                load_checkpoint, onnx_feed, run_export)
 
 from conftest import synth_jetclass  # noqa: E402
@@ -124,8 +124,8 @@ def test_export_leaves_the_network_as_it_was(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A ParT trained for 2 batches on tiny generated jets, with checkpoints (fast_dev_run writes none)."""
-    from physics_tf.data.writers import write_jetclass_root
-    from physics_tf.training import run_train
+    from physics_tf.jets.writers import write_jetclass_root
+    from physics_tf.training.run import run_train
 
     root = tmp_path_factory.mktemp("export")
     out = root / "data" / "generated" / "jets_demo"
@@ -147,7 +147,7 @@ def _cli(args: list[str]):
 
 
 def test_cli_exports_a_trained_checkpoint(trained, tmp_path):
-    from physics_tf.training import _build
+    from physics_tf.training.run import _build
 
     ckpt = trained / "run" / "checkpoints" / "last.ckpt"
     out = tmp_path / "onnx" / "part.onnx"
@@ -163,7 +163,7 @@ def test_cli_exports_a_trained_checkpoint(trained, tmp_path):
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert (~batch["mask"]).any()
-    from physics_tf.tasks.common import model_inputs
+    from physics_tf.tasks.base import model_inputs
 
     inputs = model_inputs(batch, task.net)
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_cli_exports_a_trained_checkpoint(trained, tmp_path):
     assert float(np.abs(got - ref).max()) < 1e-4
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert meta["physics_tf.task"]["class_names"] == ["QCD", "Tbqq"]
-    assert meta["physics_tf.config"]["model"]["_target_"] == "physics_tf.models.part.ParticleTransformer"
+    assert meta["physics_tf.config"]["model"]["_target_"] == "physics_tf.jets.part.ParticleTransformer"
     assert meta["physics_tf.output"]["shape"] == ["batch", 2]
 
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from test_pipelines import compose_train, data_dir  # noqa: F401 (tiny data: 120 jets per split)
 
-from physics_tf.cluster import adopt_submitit_local_ranks, run_stamp, slurm_gpus, slurm_job_tag
-from physics_tf.training import CheckpointError, load_run_config, resolve_ckpt_path, run_train
+from physics_tf.training.cluster import adopt_submitit_local_ranks, run_stamp, slurm_gpus, slurm_job_tag
+from physics_tf.training.checkpoints import CheckpointError, load_run_config, resolve_ckpt_path
+from physics_tf.training.run import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
-FAULT = ["+callbacks.fault._target_=physics_tf.training.FaultInjection", "+callbacks.fault.rank=1",
+FAULT = ["+callbacks.fault._target_=physics_tf.training.callbacks.FaultInjection", "+callbacks.fault.rank=1",
          "+callbacks.fault.step=2"]
 
 
@@ -111,7 +112,7 @@ def test_checkpoint_of_another_model_is_one_line(data_dir, tmp_path):  # noqa: F
     assert res.returncode == 2, res.stderr[-2000:]
     last = _last_line(res)
     assert last.startswith(f"physics_tf: error: {ckpt}: the checkpoint holds another network "
-                           "(physics_tf.models.part.ParticleTransformer) than this run's ParticleFlowNetwork"), last
+                           "(physics_tf.jets.part.ParticleTransformer) than this run's ParticleFlowNetwork"), last
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=f"^{garbage}: cannot read the checkpoint"):

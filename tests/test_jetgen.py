@@ -1,4 +1,4 @@
-"""Pythia 8 + FastJet jet generator (physics_tf.data.jetgen): helpers, layout, physics, reproducibility.
+"""Pythia 8 + FastJet jet generator (physics_tf.jets.jetgen): helpers, layout, physics, reproducibility.
 
 The substructure helpers are tested on hand-built jets; the generation tests (marked ``gen``) run small
 Pythia samples (tens of jets per class, one worker) and check the JetClass layout, the selection, the
@@ -16,8 +16,8 @@ import pytest
 
 fastjet = pytest.importorskip("fastjet")
 
-from physics_tf.data import jetgen  # noqa: E402
-from physics_tf.data.jetgen import (  # noqa: E402
+from physics_tf.jets import jetgen  # noqa: E402
+from physics_tf.jets.jetgen import (  # noqa: E402
     AUX_BRANCHES,
     JET_BRANCHES,
     LABEL_DTYPES,

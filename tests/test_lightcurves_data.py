@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from physics_tf.data.errors import CorruptFileError, DataError, MissingFieldError, UnknownLabelError
-from physics_tf.data.lightcurve_datamodule import LightCurveDataModule
-from physics_tf.data.lightcurve_sim import simulate
-from physics_tf.data.lightcurves import (
+from physics_tf.lightcurves.data import LightCurveDataModule
+from physics_tf.lightcurves.simulate import simulate
+from physics_tf.lightcurves.io import (
     LightCurves, convert_plasticc_csv, iter_lightcurve_csv, pad_lightcurves, read_lightcurves_h5,
     read_plasticc_csv, write_lightcurves_h5, write_plasticc_csv,
 )

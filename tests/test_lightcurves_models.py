@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from physics_tf.data.lightcurve_datamodule import LightCurveDataset, collate_lightcurves, meta_matrix
-from physics_tf.data.lightcurve_sim import simulate, write_dataset
-from physics_tf.models.lightcurve_gru import LightCurveGRU
-from physics_tf.models.lightcurve_transformer import LightCurveTransformer
-from physics_tf.tasks.lightcurves import balanced_accuracy, plasticc_weighted_logloss
+from physics_tf.lightcurves.data import LightCurveDataset, collate_lightcurves, meta_matrix
+from physics_tf.lightcurves.simulate import simulate, write_dataset
+from physics_tf.lightcurves.gru import LightCurveGRU
+from physics_tf.lightcurves.transformer import LightCurveTransformer
+from physics_tf.lightcurves.task import balanced_accuracy, plasticc_weighted_logloss
 
 CODES = [90, 42, 62, 95, 15, 64, 88, 92, 16, 65, 53, 6]
 MODELS = {"transformer": lambda: LightCurveTransformer(12, meta_dim=6, dim=32, num_heads=4, num_layers=2, dropout=0.0),
@@ -148,7 +148,7 @@ def test_experiment_fast_dev_run(experiment, lc_data_dir, tmp_path):
     from omegaconf import open_dict
 
     from physics_tf.config import config_dir
-    from physics_tf.training import run_train
+    from physics_tf.training.run import run_train
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from physics_tf.data import lightcurve_sim as sim
-from physics_tf.data.lightcurves import read_lightcurves_h5, read_plasticc_csv
+from physics_tf.lightcurves import simulate as sim
+from physics_tf.lightcurves.io import read_lightcurves_h5, read_plasticc_csv
 
 DAYS = np.linspace(sim.MJD_START - 100, sim.MJD_START + 400, 20001)
 

@@ -1,4 +1,4 @@
-"""Tests for physics_tf.metrics and physics_tf.plotting against hand-computed answers."""
+"""Tests for physics_tf.tasks.metrics and physics_tf.tasks.plots against hand-computed answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from physics_tf.metrics import (
+from physics_tf.tasks.metrics import (
     JetTaggingMetrics,
     PredictionAccumulator,
     accuracy,
@@ -21,7 +21,7 @@ from physics_tf.metrics import (
     roc_curve,
     summarize,
 )
-from physics_tf.plotting import plot_confusion_matrix, plot_roc, plot_training_curves
+from physics_tf.tasks.plots import plot_confusion_matrix, plot_roc, plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -244,7 +244,7 @@ def test_training_curves_from_csv(tmp_path):
 
 
 def test_background_matches_with_or_without_label_prefix():
-    from physics_tf.metrics import resolve_background
+    from physics_tf.tasks.metrics import resolve_background
 
     assert resolve_background(["Tbqq", "QCD"], "label_QCD") == 1
     assert resolve_background(["label_Tbqq", "label_QCD"], "QCD") == 1

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from physics_tf.models.part import ParticleTransformer, random_trim
-from physics_tf.models.pfn import ParticleFlowNetwork
+from physics_tf.jets.part import ParticleTransformer, random_trim
+from physics_tf.jets.pfn import ParticleFlowNetwork
 
 SMALL_PART = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,
                   train_trim_quantiles=None)
@@ -176,7 +176,7 @@ def test_part_initialisation_follows_the_reference():
 def test_part_equals_weaver_core_with_the_same_weights():
     """Optional: with weaver-core installed (the [bench] extra), loading its weights gives the same eval logits."""
     weaver = pytest.importorskip("weaver.nn.model.ParticleTransformer")
-    from physics_tf.models.part import from_weaver_state_dict
+    from physics_tf.jets.part import from_weaver_state_dict
 
     torch.manual_seed(0)
     ref = weaver.ParticleTransformer(input_dim=7, num_classes=3, embed_dims=(16, 32, 16), pair_embed_dims=(8, 8),

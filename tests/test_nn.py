@@ -8,7 +8,7 @@ import torch
 from physics_tf.nn.attention import MultiheadAttention, attention, attention_mask
 from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
 from physics_tf.nn.embeddings import SinusoidalPositionalEncoding, sinusoidal_encoding
-from physics_tf.nn.pairwise import PairEmbedding, pair_features, real_pairs
+from physics_tf.jets.pairwise import PairEmbedding, pair_features, real_pairs
 
 
 def naive_attention(q, k, v, bias, mask):

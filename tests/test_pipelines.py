@@ -15,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from physics_tf.config import config_dir
-from physics_tf.data.writers import write_jetclass_root, write_toptagging_h5
-from physics_tf.training import load_run_config, run_evaluate, run_train
+from physics_tf.jets.writers import write_jetclass_root, write_toptagging_h5
+from physics_tf.training.checkpoints import load_run_config
+from physics_tf.training.run import run_evaluate, run_train
 
 from conftest import synth_jetclass
 
@@ -37,7 +38,7 @@ def data_dir(tmp_path_factory):
     for i, split in enumerate(["train", "val", "test"]):
         p, j, lab = synth_jetclass(120, seed=i, classes=(0, 8), max_particles=20)
         write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    from physics_tf.data.lightcurve_sim import write_dataset
+    from physics_tf.lightcurves.simulate import write_dataset
 
     write_dataset(root / "generated" / "lightcurves_sim", {"train": 24, "val": 12, "test": 24}, seed=1, csv=False)
     return root
@@ -89,7 +90,7 @@ def test_train_checkpoint_then_evaluate_reproduces_metrics(data_dir, tmp_path):
     assert len(ckpts) == 1 and (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "train" / "csv" / "metrics.csv").is_file()
     stored = load_run_config(ckpts[0])
-    assert stored["model"]["_target_"] == "physics_tf.models.pfn.ParticleFlowNetwork"
+    assert stored["model"]["_target_"] == "physics_tf.jets.pfn.ParticleFlowNetwork"
 
     cfg = compose_train([f"ckpt_path={ckpts[0]}"], tmp_path / "eval", config_name="evaluate")
     again = run_evaluate(cfg)
@@ -209,10 +210,10 @@ def test_bf16_mixed_precision_run(data_dir, tmp_path):
 
 class PreemptAtStep:
     """Lightning callback for resume tests: the SIGUSR1 pre-emption path (``hpc_ckpt_<n>.ckpt`` written at a training
-    step, then :class:`physics_tf.training.Preempted`) triggered at global step ``step`` instead of by a signal."""
+    step, then :class:`physics_tf.training.cluster.Preempted`) triggered at global step ``step`` instead of by a signal."""
 
     def __new__(cls, step: int):
-        from physics_tf.training import SlurmPreemption
+        from physics_tf.training.cluster import SlurmPreemption
 
         class _Preempt(SlurmPreemption):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -242,7 +243,7 @@ def test_resume_mid_epoch_equals_uninterrupted_run(kind, data_dir, tmp_path):
 
     import torch
 
-    from physics_tf.training import Preempted
+    from physics_tf.training.cluster import Preempted
 
     experiment, extra, per_epoch, stop = MID_EPOCH[kind]
     common = [f"experiment={experiment}", f"paths.data_dir={data_dir}", *extra, "trainer.max_epochs=2", "logger=none",
@@ -290,11 +291,11 @@ def test_loader_state_resumes_mid_epoch(kind, workers, data_dir, tmp_path):
     if kind == "auger":
         from omegaconf import OmegaConf
 
-        from physics_tf.data.auger_sim import run_generate
+        from physics_tf.auger.simulate import run_generate
 
         run_generate(OmegaConf.create({"out_dir": str(data_dir / "generated" / "auger_sim"), "n_train": 80,
                                        "n_val": 16, "n_test": 16, "chunk": 16, "seed": 0, "progress": False}))
-        overrides = ["experiment=auger_baseline", "data.batch_size=8", "data.chunk_events=16", "data.augment=true"]
+        overrides = ["experiment=auger_hexconv", "data.batch_size=8", "data.chunk_events=16", "data.augment=true"]
     else:
         overrides = [f"experiment={MID_EPOCH[kind][0]}", *MID_EPOCH[kind][1]]
     cfg = compose_train([*overrides, f"paths.data_dir={data_dir}", f"data.num_workers={workers}"], tmp_path)

@@ -53,7 +53,7 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def jets(tmp_path_factory):
     """generated/jets_demo/{train,val,test}_000.root with tiny synthetic jets."""
-    from physics_tf.data.writers import write_jetclass_root
+    from physics_tf.jets.writers import write_jetclass_root
 
     root = tmp_path_factory.mktemp("slurm_data")
     out = root / "generated" / "jets_demo"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from physics_tf.callbacks import WandbTestReport, per_class_table
-from physics_tf.logging_utils import metrics_tables, scalar_metrics
+from physics_tf.training.callbacks import WandbTestReport, per_class_table
+from physics_tf.training.reporting import metrics_tables, scalar_metrics
 
 from test_pipelines import compose_train, data_dir  # noqa: F401 (data_dir: the tiny data sets fixture)
 
@@ -200,7 +200,7 @@ def test_callback_does_nothing_without_wandb_logger(tmp_path):
 # ----------------------------------------------------------------------------- training runs
 def test_training_run_reports_to_wandb_offline(data_dir, tmp_path, monkeypatch):
     """Name, group, tags, flat config, test metrics + best val/auc in the summary, plots and per-class table."""
-    from physics_tf.training import run_train
+    from physics_tf.training.run import run_train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -209,7 +209,7 @@ def test_training_run_reports_to_wandb_offline(data_dir, tmp_path, monkeypatch):
     (run,) = offline_runs(tmp_path / "wandb")
     assert (run["name"], run["group"], run["tags"]) == ("jets_pfn-pfn-7", "jets_pfn", ["jets", "pfn"])
     config = run["config"]
-    assert config["model._target_"] == "physics_tf.models.pfn.ParticleFlowNetwork"  # flat keys, not nested
+    assert config["model._target_"] == "physics_tf.jets.pfn.ParticleFlowNetwork"  # flat keys, not nested
     assert config["seed"] == 7 and config["data.batch_size"] == 16 and config["n_parameters"] > 0
     assert not any(isinstance(v, dict) and k != "_wandb" for k, v in config.items())
 

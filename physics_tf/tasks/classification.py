@@ -11,7 +11,7 @@ and a per-step linear warm-up + cosine/linear decay schedule
 (:mod:`physics_tf.tasks.schedulers`).
 
 Test stage: softmax probabilities of all jets (all DDP ranks) are gathered; global rank 0
-computes :func:`physics_tf.metrics.summarize` (accuracy, macro AUC, background rejections
+computes :func:`physics_tf.tasks.metrics.summarize` (accuracy, macro AUC, background rejections
 at fixed signal efficiency as in the ParT paper), logs them as ``test/*`` and writes
 ``metrics.json``, ``roc.png``, ``confusion.png`` and ``predictions.npz`` to the output
 directory.
@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from physics_tf.metrics import (
+from physics_tf.tasks.metrics import (
     DEFAULT_BACKGROUND,
     DEFAULT_REJECTION_EFFS,
     JetTaggingMetrics,
     PredictionAccumulator,
     summarize,
 )
-from physics_tf.tasks.common import estimate_total_steps, model_inputs
-from physics_tf.utils.io import atomic_path
+from physics_tf.tasks.base import estimate_total_steps, model_inputs
+from physics_tf.data.atomic import atomic_path
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 
 __all__ = ["ClassificationTask", "split_weight_decay_params"]
@@ -289,7 +289,7 @@ class ClassificationTask(L.LightningModule):
 
     def write_test_outputs(self, out_dir: Path, summary: dict[str, float], probs: np.ndarray, labels: np.ndarray) -> None:
         """Write ``metrics.json``, ``predictions.npz``, ``roc.png`` and ``confusion.png`` atomically."""
-        from physics_tf.plotting import plot_confusion_matrix, plot_roc  # matplotlib only when needed
+        from physics_tf.tasks.plots import plot_confusion_matrix, plot_roc  # matplotlib only when needed
 
         out_dir = Path(out_dir)
         text = json.dumps(summary, indent=2, sort_keys=True) + "\n"  # inf -> Infinity (Python json)

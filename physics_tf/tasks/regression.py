@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from physics_tf.metrics import accuracy, auc_macro
+from physics_tf.tasks.metrics import accuracy, auc_macro
 from physics_tf.tasks.classification import split_weight_decay_params
-from physics_tf.tasks.common import model_inputs
+from physics_tf.tasks.base import model_inputs
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
-from physics_tf.utils.io import atomic_path
+from physics_tf.data.atomic import atomic_path
 
 __all__ = ["RegressionTask", "regression_summary", "classification_summary", "merit_factor"]
 
@@ -303,7 +303,7 @@ class RegressionTask(L.LightningModule):
                          **{f"true_{k}": v for k, v in true.items()}, **extra)
         try:
             if probs is not None:
-                from physics_tf.plotting import plot_confusion_matrix
+                from physics_tf.tasks.plots import plot_confusion_matrix
 
                 plot_confusion_matrix(probs, prim, self.primaries, out_dir / "confusion.png")
             plot_resolution(summary, pred, true, lge, prim, self.primaries, out_dir)
@@ -338,7 +338,7 @@ def plot_resolution(summary, pred, true, lge, prim, primaries, out_dir: Path) ->
     """Bias and resolution vs lg E per primary (``resolution.png``); predicted vs true (``residuals.png``)."""
     from matplotlib.figure import Figure
 
-    from physics_tf.plotting import save_figure
+    from physics_tf.tasks.plots import save_figure
 
     for name in pred:
         fig = Figure(figsize=(12, 5))

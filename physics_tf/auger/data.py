@@ -1,0 +1,415 @@
+"""Auger surface-detector events: HDF5 / ROOT readers, a streaming dataset and the Lightning data module.
+
+File layout (written by :mod:`physics_tf.auger.simulate`; users can write the same from their own simulations):
+one entry per event with the station fields ``traces`` (n, n, T) VEM per bin, ``times`` (n, n) ns relative to
+the hottest station, ``signals`` (n, n) VEM, ``positions`` (n, n, 3) m, ``mask`` (n, n) bool (True = triggered,
+working station), and the event fields ``energy`` (eV), ``zenith``, ``azimuth`` (rad), ``core`` (3,) m,
+``xmax`` (g/cm²), ``mass_number``, ``primary`` (index into ``("p", "He", "N", "Fe")``). HDF5: one dataset per
+field, events along axis 0. ROOT: a TTree (default ``events``) with one fixed-size-array branch per field
+(``uproot`` writes and reads them as (N, n, n, T) arrays; :func:`write_root` does it).
+
+Batch (batch contract of :mod:`physics_tf.tasks.base`), with n = ``grid_size`` and T = ``n_bins``:
+
+=============  =================  ==========================================================
+key            shape              content
+=============  =================  ==========================================================
+traces         (B, n, n, T)       ln(1 + VEM per bin), 0 at masked stations
+times          (B, n, n)          arrival time relative to the hottest station, µs
+signals        (B, n, n)          log10(1 + S/VEM)
+positions      (B, n, n, 3)       x, y in units of the 1500 m spacing, (z − 1400 m) / 100 m
+mask           (B, n, n) bool     True = station is real (triggered and working)
+y              (B, K)             standardised targets, (value − mean) / std per ``targets``
+aux_xmax       (B,)               X_max, g/cm²
+aux_lna        (B,)               ln A
+aux_lg_energy  (B,)               lg(E/eV)
+aux_zenith     (B,)               rad
+aux_primary    (B,) int64         primary index
+=============  =================  ==========================================================
+
+Streaming follows the jet data layer (:mod:`physics_tf.jets.dataset`): each split is cut into blocks of
+``chunk_events`` consecutive events (a compressed HDF5 chunk each); per epoch the training blocks are shuffled
+with a seed of (seed, epoch), dealt to DDP ranks round-robin and, inside a rank, to DataLoader workers; a
+worker reads ``shuffle_blocks`` blocks at a time and shuffles the events among them. Every rank yields the same
+number of training batches (:func:`physics_tf.jets.dataset.batches_per_rank` with ``drop_last``; a rank short
+of events wraps around its own blocks). Validation / test read every event once, in file order, in equal
+contiguous spans per rank (padded by wrapping around, as ``DistributedSampler`` does, so every rank yields the
+same number of batches and collective ops cannot hang).
+
+Augmentation (``augment=true``, training only): the n×n axial rhombus is mapped onto itself by the 180°
+rotation (q, r) → (−q, −r) and by the mirror (q, r) → (r, q) (the reflection about the 30° line); the
+group they generate (4 elements) is the part of the grid's D6 symmetry that keeps a rhombus patch whole
+(60° rotations would move corner stations out of the patch). Positions are transformed with the same maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from physics_tf.auger.simulate import LN_A
+from physics_tf.data.loaders import StreamingDataModule
+from physics_tf.data.streaming import batches_per_rank
+from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
+
+__all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "TARGETS", "PRIMARIES"]
+
+log = logging.getLogger(__name__)
+
+PRIMARIES = ("p", "He", "N", "Fe")
+STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
+EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
+# default standardisation of the targets: (value - mean) / std
+TARGETS: dict[str, tuple[float, float]] = {"xmax": (750.0, 70.0), "lna": (2.0, 1.6)}
+# batch units (to_batch): x, y in grid spacings, z − ALTITUDE in HEIGHT_UNIT, times in µs (files: m and ns)
+SPACING = 1500.0  # m
+ALTITUDE = 1400.0  # m
+HEIGHT_UNIT = 100.0  # m
+
+
+# ---------------------------------------------------------------------------------------------- readers
+class AugerEventFile:
+    """One HDF5 (``.h5``/``.hdf5``) or ROOT (``.root``) file of events; checks the layout on opening.
+
+    ``read(start, stop)`` returns the raw fields (numpy, file units) of events [start, stop), with the traces
+    cut to the first ``n_bins`` bins; bad values raise a one-line :class:`DataError` naming file and field.
+    """
+
+    def __init__(self, path: str | os.PathLike, grid_size: int, n_bins: int, treename: str = "events") -> None:
+        self.path = str(path)
+        self.grid_size, self.n_bins, self.treename = int(grid_size), int(n_bins), treename
+        self.kind = "root" if self.path.endswith(".root") else "hdf5"
+        self._handle = None
+        shapes = self._shapes()
+        for name in STATION_FIELDS + EVENT_FIELDS:
+            if name not in shapes:
+                raise MissingFieldError(self.path, f"missing (have {sorted(shapes)})", name)
+        self.n_events = int(shapes["xmax"][0])
+        n = self.grid_size
+        expect = {"traces": (n, n), "times": (n, n), "signals": (n, n), "positions": (n, n, 3), "mask": (n, n),
+                  "core": (3,)}
+        for name, tail in expect.items():
+            got = tuple(shapes[name][1 : 1 + len(tail)])
+            if got != tail or (name != "traces" and len(shapes[name]) != 1 + len(tail)):
+                raise DataError(self.path, f"shape {tuple(shapes[name][1:])} per event, expected {tail} "
+                                f"(grid_size={n} in the config)", name)
+        if len(shapes["traces"]) != 4:
+            raise DataError(self.path, f"shape {tuple(shapes['traces'][1:])} per event, expected ({n}, {n}, T)",
+                            "traces")
+        if shapes["traces"][3] < self.n_bins:
+            raise DataError(self.path, f"traces have {shapes['traces'][3]} bins, the config expects "
+                            f"n_bins={self.n_bins}", "traces")
+        for name in STATION_FIELDS + EVENT_FIELDS:
+            if shapes[name][0] != self.n_events:
+                raise DataError(self.path, f"{shapes[name][0]} entries but xmax has {self.n_events}", name)
+
+    def _open(self):
+        if self._handle is None:
+            try:
+                if self.kind == "root":
+                    import uproot
+
+                    self._handle = uproot.open(self.path)[self.treename]
+                else:
+                    import h5py
+
+                    self._handle = h5py.File(self.path, "r")
+            except (OSError, ValueError, KeyError) as err:
+                raise CorruptFileError(self.path, f"cannot open as {self.kind}: {err}") from None
+        return self._handle
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        h = self._open()
+        if self.kind == "hdf5":
+            return {k: tuple(v.shape) for k, v in h.items() if hasattr(v, "shape")}
+        n = int(h.num_entries)
+        first = h.arrays(library="np", entry_stop=1) if n else {}  # TTree or RNTuple: shapes from one entry
+        return {name: (n, *np.asarray(first[name]).shape[1:]) for name in first}
+
+    def close(self) -> None:
+        if self._handle is not None and self.kind == "hdf5":
+            self._handle.close()
+        self._handle = None
+
+    def __getstate__(self):  # picklable for DataLoader workers: reopen lazily
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        h = self._open()
+        names = STATION_FIELDS + EVENT_FIELDS
+        if self.kind == "hdf5":
+            out = {k: h[k][start:stop] for k in names}
+        else:
+            out = h.arrays(list(names), library="np", entry_start=start, entry_stop=stop)
+            out = {k: np.asarray(out[k]) for k in names}
+        out["traces"] = out["traces"][..., : self.n_bins]
+        for name in ("traces", "times", "signals", "positions", "xmax", "energy", "zenith"):
+            bad = ~np.isfinite(out[name].reshape(len(out[name]), -1)).all(axis=1)
+            if bad.any():
+                raise InvalidValueError(self.path, f"non-finite values in event {start + int(np.argmax(bad))}", name)
+        empty = ~out["mask"].reshape(len(out["mask"]), -1).any(axis=1)
+        if empty.any():
+            raise InvalidValueError(self.path, f"event {start + int(np.argmax(empty))} has every station masked",
+                                    "mask")
+        prim = out["primary"]
+        if ((prim < 0) | (prim >= len(PRIMARIES))).any():
+            raise InvalidValueError(self.path, f"primary index outside 0..{len(PRIMARIES) - 1}", "primary")
+        return out
+
+
+def write_root(path: str | os.PathLike, events: Mapping[str, np.ndarray], treename: str = "events") -> Path:
+    """Write events (the fields of the module docstring) to a ROOT file atomically (fixed-size-array branches)."""
+    import uproot
+
+    from physics_tf.data.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with uproot.recreate(tmp) as f:
+            f[treename] = {k: np.ascontiguousarray(events[k]) for k in STATION_FIELDS + EVENT_FIELDS}
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+_MIRROR = np.array([[0.5, math.sqrt(3) / 2], [math.sqrt(3) / 2, -0.5]])  # (q, r) → (r, q) acting on (x, y)
+
+
+def augment_events(raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Apply a random element of {id, 180° rotation, mirror q↔r, both} per event (see module docstring)."""
+    out = {k: v.copy() for k, v in raw.items()}
+    n = len(out["xmax"])
+    rot = rng.random(n) < 0.5
+    mir = rng.random(n) < 0.5
+    for name in STATION_FIELDS:
+        a = out[name]
+        a[rot] = a[rot][:, ::-1, ::-1]
+        a[mir] = np.swapaxes(a[mir], 1, 2)
+    pos = out["positions"]
+    pos[rot, ..., :2] *= -1.0
+    pos[mir, ..., :2] = pos[mir, ..., :2] @ _MIRROR.T
+    return out
+
+
+def to_batch(raw: Mapping[str, np.ndarray], targets: Sequence[str], norm: Mapping[str, Sequence[float]]
+             ) -> dict[str, torch.Tensor]:
+    """Raw fields (file units) → a batch dict of tensors (module docstring table)."""
+    mask = raw["mask"].astype(bool)
+    m = mask.astype(np.float32)
+    traces = np.log1p(np.maximum(raw["traces"].astype(np.float32), 0.0)) * m[..., None]
+    pos = raw["positions"].astype(np.float32)
+    pos = np.concatenate([pos[..., :2] / SPACING, (pos[..., 2:] - ALTITUDE) / HEIGHT_UNIT], axis=-1)
+    lna = np.log(np.asarray(raw["mass_number"], dtype=np.float64))
+    truth = {"xmax": np.asarray(raw["xmax"], dtype=np.float64), "lna": lna}
+    y = np.stack([(truth[t] - norm[t][0]) / norm[t][1] for t in targets], axis=-1).astype(np.float32)
+    return {
+        "traces": torch.from_numpy(np.ascontiguousarray(traces)),
+        "times": torch.from_numpy((raw["times"].astype(np.float32) * 1e-3) * m),
+        "signals": torch.from_numpy(np.log10(1.0 + np.maximum(raw["signals"].astype(np.float32), 0.0)) * m),
+        "positions": torch.from_numpy(np.ascontiguousarray(pos)),
+        "mask": torch.from_numpy(mask),
+        "y": torch.from_numpy(y),
+        "aux_xmax": torch.from_numpy(truth["xmax"].astype(np.float32)),
+        "aux_lna": torch.from_numpy(lna.astype(np.float32)),
+        "aux_lg_energy": torch.from_numpy(np.log10(np.asarray(raw["energy"], dtype=np.float64)).astype(np.float32)),
+        "aux_zenith": torch.from_numpy(np.asarray(raw["zenith"], dtype=np.float32)),
+        "aux_primary": torch.from_numpy(np.asarray(raw["primary"]).astype(np.int64)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class AugerDataset(IterableDataset):
+    """Batches of Auger events from a list of files (see the module docstring for sharding and shuffling)."""
+
+    def __init__(self, files: Sequence[str], batch_size: int, *, train: bool, grid_size: int, n_bins: int,
+                 targets: Sequence[str], target_norm: Mapping[str, Sequence[float]], treename: str = "events",
+                 chunk_events: int = 256, shuffle_blocks: int = 8, augment: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.readers = [AugerEventFile(f, grid_size, n_bins, treename) for f in files]
+        for r in self.readers:
+            r.close()
+        self.batch_size, self.train = int(batch_size), bool(train)
+        self.targets, self.target_norm = list(targets), {k: tuple(v) for k, v in target_norm.items()}
+        self.shuffle_blocks, self.augment, self.seed = max(1, int(shuffle_blocks)), bool(augment), int(seed)
+        self.blocks = [(i, s, min(s + chunk_events, r.n_events)) for i, r in enumerate(self.readers)
+                       for s in range(0, r.n_events, chunk_events)]
+        self.num_entries = sum(r.n_events for r in self.readers)
+        self._offsets = np.cumsum([0] + [r.n_events for r in self.readers])  # first event of each file
+        self.chunk_events = max(1, int(chunk_events))
+        if self.num_entries == 0:
+            raise DataError(files[0] if files else None, "no events in this split", None)
+        self.rank, self.world_size = rank, world_size
+        # shared with DataLoader workers (also persistent ones): set_epoch() in the main process is seen there
+        self._epoch = multiprocessing.get_context().RawValue("q", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle (takes effect at the next ``iter()``)."""
+        self._epoch.value = int(epoch)
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def _rank_blocks(self, epoch: int) -> list[tuple[int, int, int]]:
+        blocks = list(self.blocks)
+        if self.train:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
+            blocks = [blocks[i] for i in order]
+        return blocks[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        if self.train:
+            return max(1, batches_per_rank(self.num_entries, self.world_size, self.batch_size, drop_last=True))
+        return math.ceil(self._eval_span() / self.batch_size)
+
+    # ------------------------------------------------------------------ validation / test
+    def _eval_span(self) -> int:
+        """Events per rank in validation/test: ceil(N / world_size), the same on every rank."""
+        return math.ceil(self.num_entries / self.world_size)
+
+    def _read_global(self, g0: int, g1: int) -> dict[str, np.ndarray]:
+        """Events ``g0 … g1 − 1`` of the split in file order, indices taken modulo N (wrap-around padding)."""
+        n = self.num_entries
+        offsets = self._offsets
+        parts = []
+        g = g0
+        while g < g1:
+            pos = g % n
+            f = int(np.searchsorted(offsets, pos, side="right")) - 1
+            take = min(g1 - g, int(offsets[f + 1]) - pos)
+            parts.append(self.readers[f].read(pos - int(offsets[f]), pos - int(offsets[f]) + take))
+            g += take
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _iter_eval(self, worker_id: int, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Rank r reads events [r·S, (r + 1)·S) with S = ceil(N / world_size), in file order; indices past the
+        end wrap to the start of the split (as ``torch.utils.data.DistributedSampler`` pads), so every rank
+        yields ceil(S / batch_size) batches and with world_size > 1 up to world_size − 1 events are counted twice.
+        A rank's batches are dealt to its workers in contiguous runs."""
+        span, bs = self._eval_span(), self.batch_size
+        n_batches = math.ceil(span / bs)
+        b0, b1 = n_batches * worker_id // num_workers, n_batches * (worker_id + 1) // num_workers
+        start = self.rank * span
+        step = bs * max(1, self.chunk_events // bs)  # events read at once (whole batches)
+        lo, hi = b0 * bs, min(b1 * bs, span)
+        for a in range(lo, hi, step):
+            raw = self._read_global(start + a, start + min(a + step, hi))
+            for s in range(0, len(raw["xmax"]), bs):
+                yield to_batch({k: v[s : s + bs] for k, v in raw.items()}, self.targets, self.target_norm)
+
+    def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+        if not self.train:
+            yield from self._iter_eval(worker_id, num_workers)
+            return
+        epoch = int(self._epoch.value) if epoch is None else epoch
+        blocks = self._rank_blocks(epoch)[worker_id::num_workers] or self._rank_blocks(epoch)
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id, 1])
+        total = len(self)
+        quota = total // num_workers + (1 if worker_id < total % num_workers else 0)
+        if not blocks:
+            return
+        done, pending, i = 0, None, 0
+        while done < quota:
+            group = [blocks[(i + k) % len(blocks)] for k in range(self.shuffle_blocks)]
+            i += len(group)
+            parts = [self.readers[f].read(s, e) for f, s, e in group]
+            raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            if pending is not None:
+                raw = {k: np.concatenate([pending[k], raw[k]]) for k in raw}
+            perm = rng.permutation(len(raw["xmax"]))
+            raw = {k: v[perm] for k, v in raw.items()}
+            n = len(raw["xmax"])
+            stop = n - n % self.batch_size
+            for s in range(0, stop, self.batch_size):
+                if done >= quota:
+                    break
+                sub = {k: v[s : s + self.batch_size] for k, v in raw.items()}
+                if self.augment:
+                    sub = augment_events(sub, rng)
+                yield to_batch(sub, self.targets, self.target_norm)
+                done += 1
+            pending = {k: v[stop:] for k, v in raw.items()} if stop < n else None
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.iter_worker(wid, nw)
+
+
+# ---------------------------------------------------------------------------------------------- data module
+class AugerDataModule(StreamingDataModule):
+    """Train/val/test loaders of Auger SD events (HDF5 or ROOT), built by Hydra from ``conf/data/auger_sim.yaml``.
+
+    Parameters
+    ----------
+    files: ``{train: [globs], val: [...], test: [...]}``.
+    grid_size, n_bins: the n of the n×n patch and the trace length the model is built for; files must match
+        the grid and have at least ``n_bins`` bins (longer traces are cut).
+    targets: any of ``xmax``, ``lna``; ``target_norm`` overrides the (mean, std) of :data:`TARGETS`.
+    classify_primary: also train a 4-class classifier of the primary (p, He, N, Fe) on ``aux_primary``.
+    batch_size, num_workers, chunk_events, shuffle_blocks, augment, seed, pin_memory, treename: see module doc.
+    """
+
+    def __init__(self, files: Mapping[str, Any], grid_size: int = 9, n_bins: int = 120,
+                 targets: Sequence[str] = ("xmax",), target_norm: Mapping[str, Sequence[float]] | None = None,
+                 batch_size: int = 64, num_workers: int = 0, chunk_events: int = 256, shuffle_blocks: int = 8,
+                 augment: bool = False, seed: int = 0, pin_memory: bool = False, treename: str = "events",
+                 classify_primary: bool = False) -> None:
+        super().__init__()
+        self.files = files or {}
+        self.grid_size, self.n_bins = int(grid_size), int(n_bins)
+        self.targets = [str(t) for t in targets]
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise DataError("<config>", f"targets {self.targets}: expected a non-empty subset of {list(TARGETS)}",
+                            "targets")
+        self.target_norm = {**TARGETS, **{k: tuple(v) for k, v in (target_norm or {}).items()}}
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.chunk_events, self.shuffle_blocks = int(chunk_events), int(shuffle_blocks)
+        self.augment, self.seed, self.pin_memory, self.treename = bool(augment), int(seed), bool(pin_memory), treename
+        self.num_classes = len(PRIMARIES) if classify_primary else 0
+
+    @property
+    def model_dims(self) -> dict[str, int]:
+        """Sizes the network is built with: ``grid_size``, ``n_bins``, ``num_targets``, ``num_classes``."""
+        return {"grid_size": self.grid_size, "n_bins": self.n_bins, "num_targets": len(self.targets),
+                "num_classes": self.num_classes}
+
+
+    # ------------------------------------------------------------------ export hook (no file is read)
+    def example_batch(self, batch_size: int, length: int, generator) -> dict:
+        """A padded batch of plausible network inputs for ONNX export and model tests
+        (:func:`physics_tf.auger.export.example_batch`)."""
+        from physics_tf.auger.export import example_batch
+
+        return example_batch(self, batch_size, length, generator)
+
+    @property
+    def onnx_dynamic_axes(self) -> dict:
+        """ONNX dynamic axes of each network input (:data:`physics_tf.auger.export.DYNAMIC_AXES`)."""
+        from physics_tf.auger.export import DYNAMIC_AXES
+
+        return DYNAMIC_AXES
+    @property
+    def task_kwargs(self) -> dict[str, Any]:
+        return {"target_names": list(self.targets),
+                "target_mean": [float(self.target_norm[t][0]) for t in self.targets],
+                "target_std": [float(self.target_norm[t][1]) for t in self.targets],
+                "primaries": list(PRIMARIES), "num_classes": self.num_classes,
+                "primary_lna": [float(v) for v in LN_A]}
+
+    def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> AugerDataset:
+        return AugerDataset(
+            files, self.batch_size, train=split == "train", grid_size=self.grid_size, n_bins=self.n_bins,
+            targets=self.targets, target_norm=self.target_norm, treename=self.treename,
+            chunk_events=self.chunk_events, shuffle_blocks=self.shuffle_blocks, augment=self.augment,
+            seed=self.seed, rank=rank, world_size=world)
+

@@ -1,0 +1,225 @@
+"""Spatial-plus-temporal transformer for Auger SD events (X_max / ln A regression).
+
+1. **Temporal encoder** (per station, real stations only): the trace (T bins) is cut into patches of ``patch``
+   bins (ViT-style tokens, Dosovitskiy et al. arXiv 2010.11929); a linear map plus a sinusoidal encoding of
+   the patch index gives P = T / patch tokens. Self-attention runs inside windows of ``window`` consecutive
+   patches (block-diagonal attention, as in the local attention of Swin, Liu et al. arXiv 2103.14030), and a
+   learned query pools all patches by class attention (CaiT, arXiv 2103.17239) — a one-element latent array
+   in the sense of the Perceiver (Jaegle et al. arXiv 2103.03206). Attention memory per station is therefore
+   heads·(P·window + P + 1) elements: linear in T, where naive attention over the bins needs heads·T².
+   ``temporal_encoder="perceiver"`` swaps in :class:`PerceiverTemporalEncoder`: ``latents`` learned queries
+   cross-attend to the patch tokens (Perceiver, Jaegle et al. arXiv 2103.03206), self-attention runs among the
+   latents only, so attention memory is heads·k·P — O(k·L), for very long traces.
+2. **Station tokens**: the temporal summary plus an MLP embedding of the station's position, arrival time and
+   total signal and (``geometry=True``) of the event's shower geometry from :class:`ShowerGeometry` — a plane-front
+   fit to the arrival times as in the standard SD reconstruction (direction, sec θ, total signal) and, per station,
+   the time residual to that plane (front curvature) and the distance to the shower axis. A hexagonal
+   convolution reads the time gradient off neighbour differences; attention weights do not move differences into
+   the values, so without the fit the spatial transformer has to rediscover the arrival direction, on which the
+   slant depth X_ground / cos θ − X_max depends.
+3. **Spatial transformer** over the real stations. The triggered stations of each event (median ~14 of 81 for
+   9×9 patches) are packed to the front and the station axis is cut to the batch's largest count, so attention
+   costs (max real)² instead of n⁴; padding is masked. With ``pair_bias=True`` the attention logits get an
+   additive per-head bias from each station pair's geometry and timing (distance, arrival-time difference,
+   signal and height differences, through a small MLP computed once per event) — the spatial counterpart of the
+   Particle Transformer's pair features (Qu, Li, Qian, arXiv 2202.03772): the shower-front curvature, which
+   carries X_max, is a relation between pairs of stations. Then class-attention pooling and the masked mean of
+   the station tokens, concatenated with the event geometry, go through an MLP head (``head_hidden``).
+
+Masked stations never enter the computation (their trace is not encoded, their key is masked), so the output
+does not depend on their contents, and station order does not matter (positions come from the coordinates).
+All attention goes through :mod:`physics_tf.nn.attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from physics_tf.auger.geometry import ShowerGeometry
+from physics_tf.nn.attention import attention_mask
+from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
+from physics_tf.nn.embeddings import scatter_real, sinusoidal_encoding
+
+__all__ = ["TemporalEncoder", "PerceiverTemporalEncoder", "StationPairBias", "ShowerGeometry", "AugerTransformer"]
+
+def patch_tokens(x: Tensor, patch: int, embed: nn.Linear, dim: int) -> Tensor:
+    """Trace (N, T) → patch tokens (N, P, D), P = ceil(T / patch) (the last patch zero-padded): a linear map of
+    each patch plus a sinusoidal encoding of the patch index."""
+    n, t = x.shape
+    p = -(-t // patch)
+    x = nn.functional.pad(x, (0, p * patch - t)).view(n, p, patch)  # (N, P, patch)
+    return embed(x) + sinusoidal_encoding(torch.arange(p, device=x.device), dim).to(x.dtype)  # (N, P, D)
+
+
+class TemporalEncoder(nn.Module):
+    """Trace (N, T) → station summary (N, dim); attention cost linear in T (module docstring)."""
+
+    def __init__(self, patch: int = 10, dim: int = 64, num_heads: int = 4, depth: int = 2, window: int = 12,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.patch, self.window, self.dim = patch, window, dim
+        self.embed = nn.Linear(patch, dim)
+        self.blocks = nn.ModuleList(
+            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
+             for _ in range(depth)])
+        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        h = patch_tokens(x, self.patch, self.embed, self.dim)  # (N, P, D)
+        p = h.shape[1]
+        w = min(self.window, p)
+        nw = -(-p // w)  # windows
+        h = nn.functional.pad(h, (0, 0, 0, nw * w - p))  # (N, nw·w, D)
+        real = torch.arange(nw * w, device=x.device) < p  # (nw·w,) padded patches are masked keys
+        key_mask = real.view(1, nw, w).expand(n, nw, w).reshape(n * nw, w)  # (N·nw, w)
+        hw = h.reshape(n * nw, w, self.dim)  # (N·nw, w, D)
+        am = attention_mask(key_mask)
+        for blk in self.blocks:
+            hw = blk(hw, am)  # (N·nw, w, D)
+        h = hw.reshape(n, nw * w, self.dim)  # (N, nw·w, D)
+        return self.pool(h, real.expand(n, -1))  # (N, D)
+
+
+class CrossAttentionBlock(TransformerBlock):
+    """Pre-LN cross-attention block: queries q (B, K, D) attend to x (B, L, D) (padding masked); q is updated."""
+
+    def forward(self, q: Tensor, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        q = q + self._attend(self.pre_attn_norm(q), self.pre_attn_norm(x), attn_mask)  # (B, K, D)
+        return self._feed_forward(q)
+
+
+class PerceiverTemporalEncoder(nn.Module):
+    """Trace (N, T) → station summary (N, dim) through a latent array (Perceiver, arXiv 2103.03206).
+
+    ``latents`` learned vectors cross-attend to the P = T / patch patch tokens (memory heads·k·P), ``depth``
+    self-attention blocks run among the latents (heads·k²), and class attention pools them. Cost is O(k·L) in
+    the trace length L, however long the trace.
+    """
+
+    def __init__(self, patch: int = 4, dim: int = 64, num_heads: int = 4, depth: int = 2, latents: int = 16,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.patch, self.dim = patch, dim
+        self.embed = nn.Linear(patch, dim)
+        self.latents = nn.Parameter(torch.zeros(1, latents, dim))
+        nn.init.trunc_normal_(self.latents, std=0.02)
+        self.cross = CrossAttentionBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout,
+                                         activation_dropout=dropout)
+        self.blocks = nn.ModuleList(
+            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
+             for _ in range(depth)])
+        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"latents"}
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = patch_tokens(x, self.patch, self.embed, self.dim)  # (N, P, D)
+        z = self.cross(self.latents.expand(h.shape[0], -1, -1).to(h.dtype), h)  # (N, k, D)
+        for blk in self.blocks:
+            z = blk(z)  # (N, k, D)
+        return self.pool(z)  # (N, D)
+
+
+class StationPairBias(nn.Module):
+    """Per-head additive attention bias from station pairs: features (distance in grid spacings, arrival-time
+    difference t_j − t_i in µs, signal difference in log10 VEM, height difference) → MLP → ``num_heads`` values.
+
+    ``features`` (B, L, 5) are the station features ``[x, y, z, t, log10 S]`` of the packed stations.
+    """
+
+    def __init__(self, num_heads: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, num_heads))
+
+    def forward(self, features: Tensor) -> Tensor:
+        diff = features[:, None, :, :] - features[:, :, None, :]  # (B, Lq, Lk, 5): key − query
+        dist = diff[..., :2].square().sum(-1).add(1e-12).sqrt()  # (B, Lq, Lk)
+        pair = torch.stack([dist, diff[..., 3], diff[..., 4], diff[..., 2]], dim=-1)  # (B, Lq, Lk, 4)
+        return self.mlp(pair).permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
+
+
+def pack_real(mask: Tensor) -> Tensor:
+    """(B, S) station mask → (B, L) mask of the packed layout: event b's real stations first, L = largest count."""
+    counts = mask.sum(dim=1)  # (B,)
+    length = max(int(counts.max()), 1)
+    return torch.arange(length, device=mask.device)[None, :] < counts[:, None]  # (B, L)
+
+
+class AugerTransformer(nn.Module):
+    """Temporal encoder per station → station tokens → spatial transformer with mask → head.
+
+    Parameters
+    ----------
+    grid_size, n_bins, num_targets: from the data module (``model_dims``).
+    temporal_encoder: ``"window"`` (:class:`TemporalEncoder`) or ``"perceiver"`` (:class:`PerceiverTemporalEncoder`).
+    patch, temporal_dim, temporal_heads, temporal_depth, window / latents: the temporal encoder.
+    dim, num_heads, depth: the spatial transformer; ffn_ratio via the blocks' default (4).
+    pair_bias, pair_hidden: the :class:`StationPairBias` of the spatial attention.
+    geometry: feed the :class:`ShowerGeometry` fit (station and event features) to the station tokens and the head.
+    head_hidden: hidden width of the head MLP on [class-attention summary, mean station token, event geometry];
+        0 = a linear head.
+    num_classes: extra outputs (logits of that many mass classes) after the regression outputs; 0 = none.
+    dropout: everywhere; predict_variance: output means and log-variances (2·num_targets values).
+    """
+
+    def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, patch: int = 10, temporal_dim: int = 64,
+                 temporal_heads: int = 4, temporal_depth: int = 2, window: int = 12, dim: int = 128,
+                 num_heads: int = 8, depth: int = 4, dropout: float = 0.0, predict_variance: bool = False,
+                 temporal_encoder: str = "window", latents: int = 16, pair_bias: bool = True, pair_hidden: int = 32,
+                 num_classes: int = 0, geometry: bool = True, head_hidden: int = 128) -> None:
+        super().__init__()
+        self.grid_size, self.n_bins = grid_size, n_bins
+        self.num_outputs = num_targets * (2 if predict_variance else 1) + num_classes
+        if temporal_encoder == "window":
+            self.temporal = TemporalEncoder(patch, temporal_dim, temporal_heads, temporal_depth, window, dropout)
+        elif temporal_encoder == "perceiver":
+            self.temporal = PerceiverTemporalEncoder(patch, temporal_dim, temporal_heads, temporal_depth, latents,
+                                                     dropout)
+        else:
+            raise ValueError(f"temporal_encoder: expected 'window' or 'perceiver', got {temporal_encoder!r}")
+        self.pair_bias = StationPairBias(num_heads, pair_hidden) if pair_bias else None
+        self.geometry = ShowerGeometry() if geometry else None
+        n_station, n_event = (5 + 2 + 5, 5) if geometry else (5, 0)
+        self.station_embed = nn.Sequential(nn.Linear(n_station, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.token_proj = nn.Linear(temporal_dim, dim)
+        self.blocks = nn.ModuleList(
+            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
+             for _ in range(depth)])
+        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
+        self.mean_norm = nn.LayerNorm(dim)
+        d_head = 2 * dim + n_event  # class-attention summary, masked mean of the stations, event geometry
+        self.head = (nn.Sequential(nn.Linear(d_head, head_hidden), nn.GELU(), nn.Dropout(dropout),
+                                   nn.Linear(head_hidden, self.num_outputs))
+                     if head_hidden > 0 else nn.Linear(d_head, self.num_outputs))
+
+    def forward(self, traces: Tensor, times: Tensor, signals: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        """traces (B, n, n, T), times/signals (B, n, n), positions (B, n, n, 3), mask (B, n, n) → (B, outputs)."""
+        b, n1, n2, t = traces.shape
+        if (n1, n2) != (self.grid_size, self.grid_size) or t < self.n_bins:
+            raise ValueError(f"traces: shape (B, {n1}, {n2}, {t}), model built for "
+                             f"(B, {self.grid_size}, {self.grid_size}, {self.n_bins})")
+        s = n1 * n2
+        m = mask.reshape(b, s)  # (B, S)
+        summary = self.temporal(traces.reshape(b, s, t)[m])  # (N_real, Dt)
+        extra = torch.cat([positions, times.unsqueeze(-1), signals.unsqueeze(-1)], dim=-1).reshape(b, s, 5)[m]
+        packed = pack_real(m)  # (B, L): real stations first, L = the batch's largest count
+        extra_packed = scatter_real(extra, packed)  # (B, L, 5)
+        inputs, event = extra, extra.new_zeros(b, 0)
+        if self.geometry is not None:
+            station_geo, event = self.geometry(extra_packed, packed)  # (B, L, 2), (B, 5)
+            event_rows = event[:, None, :].expand(-1, packed.shape[1], -1)[packed]  # (N_real, 5): its event's
+            inputs = torch.cat([extra, station_geo[packed], event_rows], dim=-1)  # (N_real, 12)
+        tok = self.token_proj(summary) + self.station_embed(inputs)  # (N_real, D)
+        x = scatter_real(tok, packed)  # (B, L, D), zeros at padding
+        bias = self.pair_bias(extra_packed) if self.pair_bias is not None else None  # (B, H, L, L)
+        am = attention_mask(packed, bias)  # built once for all blocks
+        for blk in self.blocks:  # = blk(x, am) on the real rows; the feed-forward skips the padding
+            x = x + blk._attend(blk.pre_attn_norm(x), None, am)  # (B, L, D)
+            x = scatter_real(blk._feed_forward(x[packed]), packed)  # (B, L, D)
+        weights = packed.to(x.dtype)[..., None]  # (B, L, 1)
+        mean = self.mean_norm((x * weights).sum(1) / weights.sum(1).clamp_min(1.0))  # (B, D)
+        return self.head(torch.cat([self.pool(x, packed), mean, event], dim=-1))  # (B, outputs)

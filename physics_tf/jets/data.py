@@ -1,0 +1,110 @@
+"""Lightning data module for jet tagging (JetClass ROOT / top-tagging HDF5), built by Hydra.
+
+``conf/data/*.yaml`` sets ``_target_: physics_tf.jets.data.JetDataModule``; the YAML keys are the constructor
+arguments. ``num_features``, ``num_classes`` and ``class_names`` are known from the config alone (no file is
+opened), so the model can be built before :meth:`setup`. Loaders, epochs and mid-epoch resume come from
+:class:`physics_tf.data.loaders.StreamingDataModule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from physics_tf.data.loaders import StreamingDataModule
+from physics_tf.jets.dataset import JetIterableDataset, build_pieces
+from physics_tf.jets.features import JetDataConfig
+
+__all__ = ["JetDataModule"]
+
+
+class JetDataModule(StreamingDataModule):
+    """Train/val/test loaders of padded jet batches (see ``physics_tf.jets.dataset`` for sharding).
+
+    Parameters
+    ----------
+    files
+        ``{train: [globs], val: [globs], test: [globs]}``; a missing / null split has no loader.
+    format, labels, features, vectors, variables, selection, treename, pad_length, chunk_size
+        See :class:`physics_tf.jets.features.JetDataConfig`.
+    batch_size
+        Jets per batch (per rank).
+    num_workers
+        DataLoader workers per rank (persistent when > 0).
+    shuffle_buffer
+        Jets in each worker's shuffle buffer (training).
+    seed
+        Base seed of the piece and buffer shuffles.
+    pin_memory
+        Passed to the DataLoaders.
+    """
+
+    def __init__(self, files: Mapping[str, Any], format: str = "jetclass_root", labels=None, features: Any = "kin",
+                 vectors=None, variables=None, selection: str | None = None, treename: str = "tree",
+                 pad_length: int = 128, chunk_size: int = 10_000, batch_size: int = 256, num_workers: int = 0,
+                 shuffle_buffer: int = 10_000, seed: int = 0, pin_memory: bool = False):
+        super().__init__()
+        kw: dict[str, Any] = dict(files=files or {}, format=format, features=features,
+                                  variables=variables or {}, selection=selection, treename=treename,
+                                  pad_length=pad_length, chunk_size=chunk_size)
+        if labels is not None:
+            kw["labels"] = labels
+        if vectors is not None:
+            kw["vectors"] = vectors
+        self.cfg = JetDataConfig(**kw)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.files = self.cfg.files
+
+    # ------------------------------------------------------------------ from config, no I/O
+    @property
+    def num_features(self) -> int:
+        return self.cfg.num_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.cfg.class_names
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.cfg.feature_names
+
+    @property
+    def model_dims(self) -> dict[str, int]:
+        """Sizes the network is built with (``instantiate(cfg.model, **dm.model_dims)``)."""
+        return {"input_dim": self.num_features, "num_classes": self.num_classes}
+
+
+    # ------------------------------------------------------------------ export hook (no file is read)
+    def example_batch(self, batch_size: int, length: int, generator) -> dict:
+        """A padded batch of plausible network inputs for ONNX export and model tests
+        (:func:`physics_tf.jets.export.example_batch`)."""
+        from physics_tf.jets.export import example_batch
+
+        return example_batch(self, batch_size, length, generator)
+
+    @property
+    def onnx_dynamic_axes(self) -> dict:
+        """ONNX dynamic axes of each network input (:data:`physics_tf.jets.export.DYNAMIC_AXES`)."""
+        from physics_tf.jets.export import DYNAMIC_AXES
+
+        return DYNAMIC_AXES
+    @property
+    def task_kwargs(self) -> dict[str, object]:
+        """What the task needs to know about the data (``instantiate(cfg.task, net=..., **dm.task_kwargs)``)."""
+        return {"class_names": list(self.class_names)}
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> JetIterableDataset:
+        """Cut the files into pieces (metadata only) and build the split's streaming dataset."""
+        return JetIterableDataset(
+            self.cfg, files, self.batch_size, train=(split == "train"), shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed, rank=rank, world_size=world, pieces=build_pieces(files, self.cfg))
+

@@ -1,0 +1,258 @@
+"""Sharded, shuffled, streaming ``IterableDataset`` of ready-made jet batches.
+
+Work division
+-------------
+The files of a split are cut into *pieces* ``(file, entry_start, entry_stop)`` of ``cfg.chunk_size``
+entries using only the file metadata (``num_entries``). Each epoch the pieces are laid end to end into one
+virtual sequence of N entries (train: piece order shuffled with ``(seed, epoch)``, identical on every rank;
+val/test: file order). The sequence is split into one contiguous *span per DDP rank*, and each rank's span
+into one contiguous *region per DataLoader worker*, sized in whole batches. So every jet is read by exactly
+one (rank, worker) per epoch, and only one chunk plus the shuffle buffer are resident in a worker.
+
+Equal batch counts under DDP (documented choice)
+------------------------------------------------
+Every rank must yield the same number of batches or collective ops hang. The count is fixed from the
+metadata before reading:
+
+* train (``drop_last=True``): ``B = N // (world_size * batch_size)`` full batches per rank; the
+  ``N - B * world_size * batch_size`` left-over entries of the epoch's (shuffled) sequence are not used in
+  that epoch (a different few each epoch).
+* val/test (``drop_last=False``): ``B = ceil(ceil(N / world_size) / batch_size)`` batches per rank; the last
+  batch of a worker may be partial; a rank whose span is one jet too short for B batches reads its first jet
+  again (the way ``torch.utils.data.DistributedSampler`` pads), so with world_size > 1 up to world_size jets
+  may be counted twice. With world_size = 1 nothing is repeated.
+
+Jets dropped by :func:`~physics_tf.jets.readers.chunk_to_arrays` (no selected label, zero particles, failed
+selection) are unknown to the metadata; a worker then keeps reading past its region, cyclically within its
+rank's span, until its quota of jets is filled (these jets are seen twice in that epoch; a warning is
+logged). Glob only the files of the selected classes to avoid this. If a whole span yields no jet at all a
+:class:`~physics_tf.data.errors.DataError` is raised instead of looping.
+
+Determinism: for a given ``(seed, epoch, world_size, num_workers)`` the batches are identical across runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import multiprocessing
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from physics_tf.jets.features import JetDataConfig
+from physics_tf.data.errors import DataError, EmptyFileError
+from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank
+from physics_tf.jets.readers import ChunkArrays, chunk_to_arrays, make_reader
+
+__all__ = ["build_pieces", "JetIterableDataset"]
+
+log = logging.getLogger(__name__)
+
+
+def build_pieces(files: Sequence[str], cfg: JetDataConfig) -> list[Piece]:
+    """Cut ``files`` into pieces of ``cfg.chunk_size`` entries from metadata only; empty files are skipped."""
+    pieces: list[Piece] = []
+    for f in files:
+        n = make_reader(f, cfg).num_entries()
+        if n == 0:
+            log.warning("%s: file has 0 entries; skipped", f)
+            continue
+        pieces.extend(Piece(f, s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size))
+    return pieces
+
+
+class JetIterableDataset(IterableDataset):
+    """Yields batch dicts ``{"x", "v", "mask", "y"}`` (see the batch contract); use ``batch_size=None``.
+
+    Parameters
+    ----------
+    cfg
+        Data configuration.
+    files
+        Files of this split (already glob-expanded).
+    batch_size
+        Jets per batch.
+    train
+        True: shuffle pieces and the buffer, drop the remainder (``drop_last``); False: file order, keep all
+        jets, last batch of a worker may be partial.
+    shuffle_buffer
+        Jets kept in the shuffle buffer (train only).
+    seed
+        Base seed; the epoch's randomness is derived from ``(seed, epoch, global worker id)``.
+    rank, world_size
+        DDP position of this process (can be changed with :meth:`set_distributed` before iterating).
+    pieces
+        Precomputed pieces (else computed from metadata).
+    """
+
+    def __init__(self, cfg: JetDataConfig, files: Sequence[str], batch_size: int, *, train: bool,
+                 shuffle_buffer: int = 10_000, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pieces: Sequence[Piece] | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg = cfg
+        self.files = list(files)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.shuffle_buffer = max(0, int(shuffle_buffer))
+        self.seed = int(seed)
+        self.pieces = list(pieces) if pieces is not None else build_pieces(self.files, cfg)
+        self.num_entries = sum(p.size for p in self.pieces)
+        if self.num_entries == 0:
+            raise EmptyFileError(", ".join(self.files) or "<no files>", "the split holds no entries")
+        # shared with DataLoader workers (also persistent ones): set_epoch() in the main process is seen there
+        self._epoch = multiprocessing.get_context().RawValue("q", 0)
+        self.set_distributed(rank, world_size)
+
+    # ------------------------------------------------------------------ control
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle (takes effect at the next ``iter()``)."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (same on every rank)."""
+        return batches_per_rank(self.num_entries, self.world_size, self.batch_size, drop_last=self.train)
+
+    # ------------------------------------------------------------------ work division
+    def _epoch_pieces(self, epoch: int) -> list[Piece]:
+        if not self.train:
+            return list(self.pieces)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pieces))
+        return [self.pieces[i] for i in order]
+
+    def worker_plan(self, epoch: int, worker_id: int, num_workers: int) -> tuple[int, int, int, int]:
+        """``(span_start, span_size, offset, quota)`` of a worker in the virtual entry sequence.
+
+        The worker reads from ``span_start + (offset + k) % span_size`` for k = 0, 1, ... until it has
+        ``quota`` jets.
+        """
+        N, W, bs = self.num_entries, self.world_size, self.batch_size
+        B = len(self)
+        if self.train:
+            span_size = B * bs
+            span_start = self.rank * span_size
+            target = span_size
+        else:
+            span_size = _split_evenly(N, W, self.rank)
+            span_start = self.rank * (N // W) + min(self.rank, N % W)
+            target = max(span_size, (B - 1) * bs + 1) if B > 0 else 0
+        nb = [_split_evenly(B, num_workers, w) for w in range(num_workers)]
+        quotas = [b * bs for b in nb]
+        nonzero = [w for w in range(num_workers) if nb[w] > 0]
+        if nonzero:  # last worker with batches takes the (possibly partial) rest
+            last = nonzero[-1]
+            quotas[last] = target - sum(quotas[w] for w in range(num_workers) if w != last)
+        offset = sum(quotas[:worker_id])
+        return span_start, span_size, offset, quotas[worker_id]
+
+    # ------------------------------------------------------------------ iteration
+    def _read(self, seq: list[Piece], cum: np.ndarray, pos: int, length: int, stats: dict):
+        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as ChunkArrays."""
+        while length > 0:
+            i = bisect.bisect_right(cum, pos) - 1
+            piece = seq[i]
+            s = piece.start + (pos - int(cum[i]))
+            e = min(piece.stop, s + length)
+            reader = make_reader(piece.file, self.cfg)
+            cur = s
+            for chunk in reader.iterate(s, e, step_size=self.cfg.chunk_size):
+                yield chunk_to_arrays(chunk, self.cfg, source=piece.file, entry_start=cur, stats=stats)
+                cur += len(chunk)
+            length -= e - s
+            pos += e - s
+
+    def _worker_chunks(self, epoch: int, worker_id: int, num_workers: int, stats: dict) -> Iterator[ChunkArrays]:
+        """Survivor chunks of this worker, exactly ``quota`` jets in total."""
+        span_start, span_size, offset, quota = self.worker_plan(epoch, worker_id, num_workers)
+        if quota <= 0:
+            return
+        seq = self._epoch_pieces(epoch)
+        cum = np.concatenate([[0], np.cumsum([p.size for p in seq])])
+        need, read, kept_total, warned = quota, 0, 0, False
+        pos = offset % span_size
+        while need > 0:
+            length = min(self.cfg.chunk_size, need, span_size - pos)
+            for ca in self._read(seq, cum, span_start + pos, length, stats):
+                n = min(len(ca.y), need)
+                if n:
+                    yield ChunkArrays(ca.x[:n], ca.v[:n], ca.mask[:n], ca.y[:n])
+                need -= n
+                kept_total += n
+            read += length
+            pos = (pos + length) % span_size
+            if need > 0 and read >= quota and not warned:
+                warned = True
+                log.warning("rank %d worker %d: jets were dropped (labels/selection/empty); re-reading entries "
+                            "of this rank to fill %d batches (some jets repeat this epoch)", self.rank,
+                            worker_id, -(-quota // self.batch_size))
+            if read >= span_size and kept_total == 0:
+                raise DataError(seq[0].file, f"no jet of entries {span_start}-{span_start + span_size} survives "
+                                "the labels/selection", "labels")
+
+    def _to_batch(self, x, v, mask, y) -> dict[str, torch.Tensor]:
+        return {"x": torch.from_numpy(np.ascontiguousarray(x)),  # (B, P, C) float32
+                "v": torch.from_numpy(np.ascontiguousarray(v)),  # (B, P, 4) float32
+                "mask": torch.from_numpy(np.ascontiguousarray(mask)),  # (B, P) bool
+                "y": torch.from_numpy(np.ascontiguousarray(y))}  # (B,) int64
+
+    def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of one (worker_id, num_workers) on this rank; ``__iter__`` calls it with the real worker."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        gid = self.rank * num_workers + worker_id
+        rng = np.random.default_rng([self.seed, epoch, gid, 1])
+        bs = self.batch_size
+        keep = self.shuffle_buffer if self.train else 0
+        buf: list[ChunkArrays] = []
+        buffered = 0
+        stats: dict = {}
+
+        def drain(final: bool):
+            nonlocal buf, buffered
+            arrs = [np.concatenate([getattr(c, f) for c in buf]) if len(buf) > 1 else getattr(buf[0], f)
+                    for f in ChunkArrays._fields]
+            buf = []  # the concatenation holds the data now: let the chunks go
+            # train: gather each batch (and the kept rest) through the permutation instead of permuting a whole
+            # copy of the buffer first — the same batches, one buffer-sized copy less at the memory peak
+            order = rng.permutation(buffered) if self.train else None
+            n_out = math.ceil(buffered / bs) if final else max(0, (buffered - keep) // bs)
+            for k in range(n_out):
+                sel = slice(k * bs, (k + 1) * bs) if order is None else order[k * bs:(k + 1) * bs]
+                yield self._to_batch(*(a[sel] for a in arrs))
+            used = min(n_out * bs, buffered)
+            if buffered - used:
+                rest = slice(used, None) if order is None else order[used:]
+                buf = [ChunkArrays(*(a[rest] for a in arrs))]
+            del arrs
+            buffered -= used
+
+        for ca in self._worker_chunks(epoch, worker_id, num_workers, stats):
+            buf.append(ca)
+            buffered += len(ca.y)
+            if buffered >= keep + bs:
+                yield from drain(final=False)
+        if buffered:
+            yield from drain(final=True)
+        if stats.get("dropped_no_particles"):
+            log.warning("rank %d worker %d: dropped %d jets with zero particles this epoch", self.rank, worker_id,
+                        stats["dropped_no_particles"])
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        if info is None:
+            return self.iter_worker(0, 1)
+        return self.iter_worker(info.id, info.num_workers)

@@ -1,0 +1,508 @@
+"""Light curves in the PLAsTiCC layout: CSV readers, our HDF5 layout, CSV → HDF5 conversion, padding.
+
+PLAsTiCC files (The PLAsTiCC team 2018, arXiv 1810.00001; see ``shared/PHYSICS.md``)
+---------------------------------------------------------------------------------
+* light curves ``*_set.csv``: ``object_id, mjd, passband, flux, flux_err, detected`` — one row per
+  observation, rows of an object contiguous and in time order; passband 0–5 = u g r i z y; flux in the
+  zero point 27.5 system, flux = 10^(−0.4 (m − 27.5)).
+* metadata ``*_metadata.csv``: ``object_id, ra, decl, gal_l, gal_b, ddf, hostgal_specz, hostgal_photoz,
+  hostgal_photoz_err, distmod, mwebv, target`` (``target`` absent in the blinded test set; ``distmod`` empty
+  / NaN for Galactic objects). The unblinded release spells three columns ``detected_bool``, ``ddf_bool`` and
+  ``true_target``; these are accepted as aliases. Files ending in ``.gz`` are read through gzip.
+
+In memory a set of light curves is a :class:`LightCurves`: the observations of all objects flattened into
+1-d arrays plus per-object ``offsets`` (object k owns rows ``offsets[k]:offsets[k+1]``) — awkward's
+``ListOffsetArray`` layout; :meth:`LightCurves.to_awkward` gives the grouped ``ak.Array`` view without a copy
+of the data.
+
+Our HDF5 layout (``format = "physics_tf.lightcurves"``, version 1), every dataset chunked and gzip-compressed::
+
+    /object_id          (N,)   int64
+    /offsets            (N+1,) int64
+    /obs/mjd, /obs/flux, /obs/flux_err   (M,) float64
+    /obs/passband, /obs/detected         (M,) int8
+    /meta/<column>      (N,)   float64 (``target``: int64, −1 = unknown)
+
+Bad input raises a one-line :class:`~physics_tf.data.errors.DataError` naming file, column and object id:
+missing columns, unknown passband values, NaN flux (and NaN/negative flux_err, NaN mjd), objects with no
+observations, metadata and light curves disagreeing on object ids, mjd not sorted within an object,
+rows of one object not contiguous.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
+from physics_tf.data.atomic import atomic_path
+
+__all__ = [
+    "BANDS", "LC_COLUMNS", "META_COLUMNS", "OBS_FIELDS", "H5_FORMAT", "LightCurves",
+    "iter_lightcurve_csv", "read_metadata_csv", "read_plasticc_csv", "write_plasticc_csv",
+    "LightCurveH5Writer", "write_lightcurves_h5", "read_lightcurves_h5", "convert_plasticc_csv",
+    "pad_lightcurves",
+]
+
+BANDS = ("u", "g", "r", "i", "z", "y")
+LC_COLUMNS = ("object_id", "mjd", "passband", "flux", "flux_err", "detected")
+META_COLUMNS = ("object_id", "ra", "decl", "gal_l", "gal_b", "ddf", "hostgal_specz", "hostgal_photoz",
+                "hostgal_photoz_err", "distmod", "mwebv", "target")
+OBS_FIELDS = ("mjd", "passband", "flux", "flux_err", "detected")
+_ALIASES = {"detected": ("detected_bool",), "target": ("true_target",), "ddf": ("ddf_bool",)}
+_OBS_DTYPES = {"mjd": np.float64, "passband": np.int8, "flux": np.float64, "flux_err": np.float64,
+               "detected": np.int8}
+H5_FORMAT = "physics_tf.lightcurves"
+H5_VERSION = 1
+
+
+@dataclass
+class LightCurves:
+    """Flattened observations + per-object offsets (awkward's layout) and per-object metadata columns."""
+
+    object_id: np.ndarray  # (N,) int64
+    offsets: np.ndarray  # (N+1,) int64
+    obs: dict[str, np.ndarray]  # OBS_FIELDS → (M,)
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # column → (N,)
+
+    def __len__(self) -> int:
+        return len(self.object_id)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Observations per object (N,)."""
+        return np.diff(self.offsets)
+
+    @property
+    def target(self) -> np.ndarray | None:
+        return self.meta.get("target")
+
+    def object(self, k: int) -> dict[str, np.ndarray]:
+        """The observations of object ``k`` (views)."""
+        s, e = int(self.offsets[k]), int(self.offsets[k + 1])
+        return {f: a[s:e] for f, a in self.obs.items()}
+
+    def select(self, index: Sequence[int] | np.ndarray) -> "LightCurves":
+        """Objects ``index`` (in that order) as a new :class:`LightCurves`."""
+        index = np.asarray(index, dtype=np.int64)
+        counts = self.counts[index]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        rows = np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in index]) if len(index) \
+            else np.zeros(0, np.int64)
+        return LightCurves(self.object_id[index], offsets, {f: a[rows] for f, a in self.obs.items()},
+                           {c: a[index] for c, a in self.meta.items()})
+
+    @staticmethod
+    def concatenate(parts: Sequence["LightCurves"]) -> "LightCurves":
+        parts = list(parts)
+        if not parts:
+            return LightCurves(np.zeros(0, np.int64), np.zeros(1, np.int64),
+                               {f: np.zeros(0, _OBS_DTYPES[f]) for f in OBS_FIELDS})
+        counts = np.concatenate([p.counts for p in parts])
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        meta_cols = set.intersection(*(set(p.meta) for p in parts))
+        return LightCurves(np.concatenate([p.object_id for p in parts]), offsets,
+                           {f: np.concatenate([p.obs[f] for p in parts]) for f in OBS_FIELDS},
+                           {c: np.concatenate([p.meta[c] for p in parts]) for c in sorted(meta_cols)})
+
+    def to_awkward(self):
+        """``ak.Array`` of records ``{object_id, mjd[var], passband[var], flux[var], flux_err[var], detected[var],
+        <metadata columns>}`` sharing the flat buffers (no per-object copies)."""
+        import awkward as ak
+
+        offsets = ak.index.Index64(self.offsets)
+        fields = {"object_id": ak.contents.NumpyArray(self.object_id)}
+        for f, a in self.obs.items():
+            fields[f] = ak.contents.ListOffsetArray(offsets, ak.contents.NumpyArray(a))
+        for c, a in self.meta.items():
+            fields[c] = ak.contents.NumpyArray(a)
+        return ak.Array(ak.contents.RecordArray(list(fields.values()), list(fields)))
+
+
+# ----------------------------------------------------------------------------------------------- CSV
+def _header(path: str | os.PathLike, line: str, required: Sequence[str], optional: Sequence[str] = ()) -> dict:
+    names = [c.strip() for c in line.strip().split(",")]
+    index: dict[str, int] = {}
+    for col in list(required) + list(optional):
+        for name in (col, *_ALIASES.get(col, ())):
+            if name in names:
+                index[col] = names.index(name)
+                break
+        else:
+            if col in required:
+                raise MissingFieldError(path, f"missing column (the header has {names})", col)
+    return index
+
+
+def _open_text(path: str):
+    if str(path).endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rt")
+    return open(path)
+
+
+def _parse(path, lines: list[str], first_line: int) -> np.ndarray:
+    try:
+        arr = np.genfromtxt(lines, delimiter=",", dtype=np.float64, ndmin=2, invalid_raise=True)
+    except ValueError as err:
+        raise CorruptFileError(path, f"lines {first_line}-{first_line + len(lines) - 1}: cannot parse ({err})") from None
+    return arr
+
+
+def _validate_chunk(path, oid: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+    """One-line errors for the checks that need only the rows themselves (vectorised)."""
+    def fail(bad: np.ndarray, col: str, what: str):
+        k = int(np.flatnonzero(bad)[0])
+        raise InvalidValueError(path, f"object_id {int(oid[k])}: {what} (row value {obs.get(col, oid)[k]!r})", col)
+
+    if not np.all(np.isfinite(oid)):
+        raise InvalidValueError(path, "object_id is empty / NaN in some row", "object_id")
+    pb = obs["passband"]
+    bad = ~np.isfinite(pb) | (pb != np.round(pb)) | (pb < 0) | (pb >= len(BANDS))
+    if bad.any():
+        fail(bad, "passband", f"unknown passband value (expected integers 0-{len(BANDS) - 1} = {' '.join(BANDS)})")
+    for col in ("mjd", "flux"):
+        bad = ~np.isfinite(obs[col])
+        if bad.any():
+            fail(bad, col, "NaN / infinite value")
+    bad = ~np.isfinite(obs["flux_err"]) | (obs["flux_err"] < 0)
+    if bad.any():
+        fail(bad, "flux_err", "NaN / infinite / negative value")
+    same = oid[1:] == oid[:-1]
+    bad = np.concatenate([[False], same & (np.diff(obs["mjd"]) < 0)])
+    if bad.any():
+        fail(bad, "mjd", "mjd not sorted in time within the object")
+
+
+def iter_lightcurve_csv(path: str | os.PathLike, chunk_rows: int = 1_000_000) -> Iterator[LightCurves]:
+    """Stream a PLAsTiCC light-curve CSV as :class:`LightCurves` chunks of whole objects (no metadata).
+
+    At most about ``chunk_rows`` rows (plus one object carried over to the next chunk) are in memory.
+    Rows of an object must be contiguous and sorted in mjd.
+    """
+    path = str(path)
+    seen: set[int] = set()
+    with _open_text(path) as fh:
+        head = fh.readline()
+        if not head.strip():
+            raise CorruptFileError(path, "empty file (no header line)")
+        idx = _header(path, head, LC_COLUMNS)
+        carry: np.ndarray | None = None
+        line_no = 2
+        while True:
+            lines = list(itertools.islice(fh, int(chunk_rows)))
+            lines = [ln for ln in lines if ln.strip()]
+            last = not lines
+            if lines:
+                arr = _parse(path, lines, line_no)
+                line_no += len(lines)
+                if arr.shape[1] <= max(idx.values()):
+                    raise CorruptFileError(path, f"rows near line {line_no} have {arr.shape[1]} fields, "
+                                           f"expected {max(idx.values()) + 1}")
+                arr = arr[:, [idx[c] for c in LC_COLUMNS]]  # (rows, 6) in LC_COLUMNS order
+                arr = arr if carry is None else np.concatenate([carry, arr])
+            else:
+                if carry is None:
+                    return
+                arr = carry
+            oid = arr[:, 0]
+            if not last:  # hold back the (possibly incomplete) last object
+                cut = int(np.flatnonzero(oid != oid[-1])[-1]) + 1 if np.any(oid != oid[-1]) else 0
+                carry, arr, oid = arr[cut:], arr[:cut], oid[:cut]
+            else:
+                carry = None
+            if len(arr) == 0:
+                continue
+            obs = {c: arr[:, j + 1] for j, c in enumerate(OBS_FIELDS)}
+            _validate_chunk(path, oid, obs)
+            starts = np.concatenate([[0], np.flatnonzero(oid[1:] != oid[:-1]) + 1])
+            ids = oid[starts].astype(np.int64)
+            dup = [int(i) for i in ids if int(i) in seen]
+            if dup or len(set(ids.tolist())) != len(ids):
+                bad = dup[0] if dup else int(ids[np.flatnonzero(np.bincount(np.unique(ids, return_inverse=True)[1]) > 1)[0]])
+                raise InvalidValueError(path, f"object_id {bad}: rows of the object are not contiguous", "object_id")
+            seen.update(ids.tolist())
+            offsets = np.concatenate([starts, [len(oid)]]).astype(np.int64)
+            yield LightCurves(ids, offsets, {c: obs[c].astype(_OBS_DTYPES[c]) for c in OBS_FIELDS})
+            if last:
+                return
+
+
+def read_metadata_csv(path: str | os.PathLike, require_target: bool = False) -> dict[str, np.ndarray]:
+    """All metadata columns (``object_id`` int64, ``target`` int64 with −1 when absent, others float64)."""
+    path = str(path)
+    with _open_text(path) as fh:
+        head = fh.readline()
+        if not head.strip():
+            raise CorruptFileError(path, "empty file (no header line)")
+        required = META_COLUMNS if require_target else META_COLUMNS[:-1]
+        idx = _header(path, head, required, optional=("target",))
+        lines = [ln for ln in fh if ln.strip()]
+    arr = _parse(path, lines, 2) if lines else np.zeros((0, len(head.split(","))))
+    meta = {c: arr[:, idx[c]].copy() for c in META_COLUMNS if c in idx}
+    oid = meta["object_id"]
+    if not np.all(np.isfinite(oid)):
+        raise InvalidValueError(path, "object_id is empty / NaN in some row", "object_id")
+    meta["object_id"] = oid.astype(np.int64)
+    u, n = np.unique(meta["object_id"], return_counts=True)
+    if np.any(n > 1):
+        raise InvalidValueError(path, f"object_id {int(u[n > 1][0])}: appears in more than one row", "object_id")
+    if "target" in meta:
+        t = meta["target"]
+        if not np.all(np.isfinite(t)):
+            k = int(np.flatnonzero(~np.isfinite(t))[0])
+            raise InvalidValueError(path, f"object_id {int(meta['object_id'][k])}: target is empty / NaN", "target")
+        meta["target"] = t.astype(np.int64)
+    else:
+        meta["target"] = np.full(len(oid), -1, np.int64)
+    return meta
+
+
+class _MetaIndex:
+    """Look up metadata rows by object id; remembers which were used (for the 'no observations' check)."""
+
+    def __init__(self, meta: dict[str, np.ndarray], path: str):
+        self.meta, self.path = meta, path
+        self.order = np.argsort(meta["object_id"], kind="stable")
+        self.sorted_ids = meta["object_id"][self.order]
+        self.used = np.zeros(len(self.sorted_ids), bool)
+
+    def rows(self, ids: np.ndarray, lc_path: str) -> np.ndarray:
+        pos = np.searchsorted(self.sorted_ids, ids)
+        pos_c = np.minimum(pos, max(len(self.sorted_ids) - 1, 0))
+        ok = (pos < len(self.sorted_ids)) & (self.sorted_ids[pos_c] == ids) if len(self.sorted_ids) else \
+            np.zeros(len(ids), bool)
+        if not ok.all():
+            bad = int(ids[~ok][0])
+            raise DataError(self.path, f"object_id {bad} of {lc_path} has no metadata row "
+                            "(metadata and light curves disagree on object ids)", "object_id")
+        self.used[pos] = True
+        return self.order[pos]
+
+    def check_all_used(self, lc_path: str) -> None:
+        if not self.used.all():
+            bad = int(self.sorted_ids[~self.used][0])
+            raise DataError(lc_path, f"object_id {bad} of {self.path} has no observations", "object_id")
+
+
+def _attach_meta(lc: LightCurves, index: _MetaIndex, lc_path: str) -> LightCurves:
+    rows = index.rows(lc.object_id, lc_path)
+    lc.meta = {c: a[rows] for c, a in index.meta.items() if c != "object_id"}
+    return lc
+
+
+def read_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike | None = None,
+                      chunk_rows: int = 1_000_000, partial_metadata: bool = False) -> LightCurves:
+    """Read a light-curve CSV (and its metadata CSV) into one :class:`LightCurves`, objects in file order.
+
+    ``partial_metadata=True`` accepts metadata rows without observations in this file (PLAsTiCC's test
+    metadata covers all 11 test light-curve files); otherwise such a row is an error."""
+    index = _MetaIndex(read_metadata_csv(meta_path), str(meta_path)) if meta_path is not None else None
+    parts = []
+    for lc in iter_lightcurve_csv(lc_path, chunk_rows):
+        parts.append(_attach_meta(lc, index, str(lc_path)) if index is not None else lc)
+    if index is not None and not partial_metadata:
+        index.check_all_used(str(lc_path))
+    if not parts:
+        raise DataError(lc_path, "the file holds no observations")
+    return LightCurves.concatenate(parts)
+
+
+_LC_FMT = ["%d", "%.4f", "%d", "%.6f", "%.6f", "%d"]
+
+
+def write_plasticc_csv(lc: LightCurves, lc_path: str | os.PathLike, meta_path: str | os.PathLike | None = None) -> None:
+    """Write the PLAsTiCC light-curve CSV (mjd to 1e-4 d, flux to 1e-6) and metadata CSV, each atomically."""
+    with atomic_path(lc_path) as tmp, open(tmp, "w") as fh:
+        fh.write(",".join(LC_COLUMNS) + "\n")
+        oid = np.repeat(lc.object_id, lc.counts)
+        step = 500_000
+        for s in range(0, len(oid), step):
+            cols = [oid[s:s + step]] + [lc.obs[f][s:s + step] for f in OBS_FIELDS]
+            np.savetxt(fh, np.column_stack(cols), fmt=_LC_FMT, delimiter=",")
+    if meta_path is None:
+        return
+    cols = [c for c in META_COLUMNS[1:] if c in lc.meta]
+    with atomic_path(meta_path) as tmp, open(tmp, "w") as fh:
+        fh.write(",".join(["object_id", *cols]) + "\n")
+        fmt = ["%d"] + ["%d" if c in ("ddf", "target") else "%.6f" for c in cols]
+        np.savetxt(fh, np.column_stack([lc.object_id] + [lc.meta[c] for c in cols]), fmt=fmt, delimiter=",")
+
+
+# ---------------------------------------------------------------------------------------------- HDF5
+class LightCurveH5Writer:
+    """Append :class:`LightCurves` chunks to our HDF5 layout; the file appears atomically on close.
+
+    >>> with LightCurveH5Writer("train.h5") as w:  # doctest: +SKIP
+    ...     for chunk in iter_lightcurve_csv("training_set.csv"):
+    ...         w.append(chunk)
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk: int = 65_536, compression: str = "gzip", level: int = 4,
+                 attrs: dict | None = None):
+        self.path = Path(path)
+        self.chunk, self.compression, self.level = int(chunk), compression, level
+        self.attrs = dict(attrs or {})
+        self._ctx = None
+        self._f = None
+        self._n = 0
+        self._m = 0
+        self._buffer: list[LightCurves] = []
+        self._buffered = 0
+
+    def __enter__(self) -> "LightCurveH5Writer":
+        import h5py
+
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self._f = h5py.File(tmp, "w")
+        self._f.attrs["format"] = H5_FORMAT
+        self._f.attrs["version"] = H5_VERSION
+        self._f.attrs["bands"] = ",".join(BANDS)
+        for k, v in self.attrs.items():
+            self._f.attrs[k] = v
+        self._dataset("offsets", np.int64)
+        self._f["offsets"].resize((1,))
+        self._f["offsets"][0] = 0
+        return self
+
+    def _dataset(self, name: str, dtype) -> None:
+        opts = {"compression_opts": self.level} if self.compression == "gzip" else {}
+        self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self.chunk,),
+                               compression=self.compression, shuffle=True, **opts)
+
+    @staticmethod
+    def _extend(ds, values: np.ndarray) -> None:
+        n = ds.shape[0]
+        ds.resize((n + len(values),))
+        ds[n:] = values
+
+    def append(self, lc: LightCurves) -> None:
+        """Queue ``lc``; written in blocks of at least ``chunk`` observations (one compression per HDF5 chunk)."""
+        self._buffer.append(lc)
+        self._buffered += int(lc.offsets[-1])
+        if self._buffered >= 4 * self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        lc = LightCurves.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        self._buffer, self._buffered = [], 0
+        f = self._f
+        if "object_id" not in f:
+            self._dataset("object_id", np.int64)
+            for name in OBS_FIELDS:
+                self._dataset(f"obs/{name}", _OBS_DTYPES[name])
+            for col, a in lc.meta.items():
+                self._dataset(f"meta/{col}", np.int64 if col == "target" else np.float64)
+        missing = set(f["meta"]) ^ set(lc.meta) if "meta" in f else set(lc.meta)
+        if missing:
+            raise ValueError(f"{self.path}: metadata columns differ between appended chunks: {sorted(missing)}")
+        self._extend(f["object_id"], lc.object_id)
+        self._extend(f["offsets"], lc.offsets[1:] + self._m)
+        for name in OBS_FIELDS:
+            self._extend(f[f"obs/{name}"], lc.obs[name].astype(_OBS_DTYPES[name]))
+        for col, a in lc.meta.items():
+            self._extend(f[f"meta/{col}"], a)
+        self._n += len(lc)
+        self._m += int(lc.offsets[-1])
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._flush()
+        self._f.attrs["num_objects"] = self._n
+        self._f.attrs["num_observations"] = self._m
+        self._f.close()
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def write_lightcurves_h5(lc: LightCurves, path: str | os.PathLike, **kw) -> None:
+    """Write one :class:`LightCurves` to our HDF5 layout (atomically)."""
+    with LightCurveH5Writer(path, **kw) as w:
+        w.append(lc)
+
+
+def read_lightcurves_h5(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> LightCurves:
+    """Objects ``start:stop`` of a file in our HDF5 layout."""
+    import h5py
+
+    path = str(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        raise CorruptFileError(path, f"cannot open as HDF5 ({err})") from None
+    with f:
+        if f.attrs.get("format") != H5_FORMAT:
+            raise CorruptFileError(path, f"not a physics_tf light-curve file (attribute format = "
+                                   f"{f.attrs.get('format')!r}, expected {H5_FORMAT!r})")
+        for name in ["object_id", "offsets", *(f"obs/{o}" for o in OBS_FIELDS)]:
+            if name not in f:
+                raise MissingFieldError(path, "dataset missing", name)
+        n = f["object_id"].shape[0]
+        stop = n if stop is None else min(int(stop), n)
+        offsets = f["offsets"][start:stop + 1].astype(np.int64)
+        s, e = int(offsets[0]), int(offsets[-1])
+        obs = {o: f[f"obs/{o}"][s:e] for o in OBS_FIELDS}
+        meta = {c: f[f"meta/{c}"][start:stop] for c in f["meta"]} if "meta" in f else {}
+        return LightCurves(f["object_id"][start:stop], offsets - s, obs, meta)
+
+
+def convert_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike, out_path: str | os.PathLike,
+                         chunk_rows: int = 1_000_000, partial_metadata: bool = False) -> Path:
+    """Stream a PLAsTiCC light-curve CSV + metadata CSV into our HDF5 layout (written atomically).
+
+    Memory: the metadata table plus about ``chunk_rows`` observations. Every bad-input check of
+    :func:`read_plasticc_csv` applies (``partial_metadata`` as there); on an error no output file is left behind.
+    """
+    index = _MetaIndex(read_metadata_csv(meta_path), str(meta_path))
+    with LightCurveH5Writer(out_path, attrs={"source": f"{lc_path} + {meta_path}"}) as w:
+        for lc in iter_lightcurve_csv(lc_path, chunk_rows):
+            w.append(_attach_meta(lc, index, str(lc_path)))
+        if not partial_metadata:
+            index.check_all_used(str(lc_path))
+    return Path(out_path)
+
+
+# ------------------------------------------------------------------------------------------- padding
+def pad_lightcurves(lc: LightCurves, max_length: int, fields: Sequence[str] = OBS_FIELDS, keep: str = "first"
+                    ) -> dict[str, np.ndarray]:
+    """Pad / truncate every object to ``max_length`` observations: ``{field: (N, L), "mask": (N, L) bool}``.
+
+    ``keep`` chooses the window of objects with more than ``max_length`` observations: ``"first"``, ``"last"``
+    or ``"peak"`` (the window centred on the observation of highest flux/flux_err). Padding is zero;
+    ``mask`` is True at real observations (the physics_tf convention).
+    """
+    if keep not in ("first", "last", "peak"):
+        raise ValueError(f"keep: expected 'first', 'last' or 'peak', got {keep!r}")
+    n, L = len(lc), int(max_length)
+    out = {f: np.zeros((n, L), dtype=lc.obs[f].dtype) for f in fields}
+    mask = np.zeros((n, L), dtype=bool)
+    for k in range(n):
+        s, e = int(lc.offsets[k]), int(lc.offsets[k + 1])
+        a, b = window(lc.obs["flux"][s:e], lc.obs["flux_err"][s:e], L, keep)
+        for f in fields:
+            out[f][k, : b - a] = lc.obs[f][s + a:s + b]
+        mask[k, : b - a] = True
+    out["mask"] = mask
+    return out
+
+
+def window(flux: np.ndarray, flux_err: np.ndarray, length: int, keep: str = "first") -> tuple[int, int]:
+    """``(a, b)``: the index range of at most ``length`` observations kept by :func:`pad_lightcurves`."""
+    n = len(flux)
+    if n <= length:
+        return 0, n
+    if keep == "first":
+        return 0, length
+    if keep == "last":
+        return n - length, n
+    peak = int(np.argmax(flux / np.maximum(flux_err, 1e-12)))
+    a = min(max(peak - length // 2, 0), n - length)
+    return a, a + length
