@@ -145,37 +145,20 @@ def _evaluate(cfg: DictConfig) -> None:
     run_evaluate(cfg)
 
 
-DEFAULT_GENERATOR = "physics_tf.jets.jetgen.run_generate"
-
-
 def _generate(cfg: DictConfig) -> None:
-    """Runs the generator named by ``gen.runner`` (a dotted path to a ``run(cfg)`` function; jets by default)."""
-    from hydra.utils import get_method
+    """Runs the generator named by ``gen._target_`` (a dotted path to a ``run_generate(cfg)`` function, set by the
+    chosen ``conf/gen/*.yaml``; the generators live in the analysis packages, which the core does not import)."""
+    import importlib
 
-    get_method(cfg.gen.get("runner", DEFAULT_GENERATOR))(cfg)
+    from hydra.errors import InstantiationException
 
-
-def _data_alias_to_gen(argv: list[str]) -> list[str]:
-    """``generate.py data=NAME`` means ``gen=NAME``: generate the data set that data config NAME reads."""
-    out = []
-    for arg in argv:
-        if arg.startswith("data=") and (config_dir() / "gen" / f"{arg[5:]}.yaml").is_file():
-            arg = "gen=" + arg[5:]
-        out.append(arg)
-    return out
-
-
-train = hydra_entry("train", _train)
-evaluate = hydra_entry("evaluate", _evaluate)
-_generate_main = hydra_entry("generate", _generate)
-
-
-def generate() -> Any:
-    sys.argv[1:] = _data_alias_to_gen(sys.argv[1:])
-    return _generate_main()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(train())
+    target = str(cfg.gen._target_)
+    module, _, name = target.rpartition(".")
+    try:
+        run = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:  # a typo in the config: one line, not a traceback
+        raise InstantiationException(f"gen._target_: cannot import {target!r}: {err}") from None
+    run(cfg)
 
 
 def _export(cfg: DictConfig) -> None:
@@ -184,4 +167,10 @@ def _export(cfg: DictConfig) -> None:
     run_export(cfg)
 
 
+train = hydra_entry("train", _train)
+evaluate = hydra_entry("evaluate", _evaluate)
+generate = hydra_entry("generate", _generate)
 export = hydra_entry("export", _export)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train())

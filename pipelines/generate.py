@@ -1,10 +1,12 @@
-"""Generate a JetClass-layout jet dataset with Pythia 8 + FastJet (same as the `physics-tf-generate` script).
+"""Generate a data set (same as the `physics-tf-generate` script); `gen=NAME` picks conf/gen/NAME.yaml.
 
     python pipelines/generate.py                    # conf/gen/jets_demo.yaml (QCD vs top, ~1 min on 2 cores)
     python pipelines/generate.py gen=jets_large gen.n_workers=16
+    python pipelines/generate.py gen=auger_sim      # or gen=lightcurves_sim
     python pipelines/generate.py gen.n_train=1000 gen.force=true
 
-All logic lives in :func:`physics_tf.jets.jetgen.generate_dataset`.
+The chosen config's `_target_` names the generator (e.g. :func:`physics_tf.jets.generate.orchestrate.run_generate`);
+:func:`physics_tf.cli.generate` calls it with the composed config.
 """
 
 import sys

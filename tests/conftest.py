@@ -1,4 +1,5 @@
-"""Shared fixtures for the jet data tests: tiny synthetic JetClass ROOT / top-tagging HDF5 files."""
+"""Shared fixtures: tiny synthetic JetClass ROOT / top-tagging HDF5 files, and ``data_dir``, a tiny data directory of
+every wing for the end-to-end tests (one per test module)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,27 @@ class StopAfterEpoch:
                     trainer.should_stop = True
 
         return _Stop()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data directory laid out like the generators': generated/jets_demo/{train,val,test}_000.root (120 jets
+    each), generated/lightcurves_sim (24 / 12 / 24 objects), generated/auger_sim (80 / 16 / 16 events)."""
+    from physics_tf.jets.writers import write_jetclass_root
+
+    root = tmp_path_factory.mktemp("data")
+    out = root / "generated" / "jets_demo"
+    out.mkdir(parents=True)
+    for i, split in enumerate(["train", "val", "test"]):
+        p, j, lab = synth_jetclass(120, seed=i, classes=(0, 8), max_particles=20)
+        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    from physics_tf.lightcurves.simulate import write_dataset
+
+    write_dataset(root / "generated" / "lightcurves_sim", {"train": 24, "val": 12, "test": 24}, seed=1, csv=False)
+    from omegaconf import OmegaConf
+
+    from physics_tf.auger.simulate import run_generate
+
+    run_generate(OmegaConf.create({"out_dir": str(root / "generated" / "auger_sim"), "n_train": 80, "n_val": 16,
+                                   "n_test": 16, "chunk": 16, "seed": 0, "progress": False}))
+    return root

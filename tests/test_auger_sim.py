@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from physics_tf.auger.data import AugerDataModule, AugerDataset, AugerEventFile, augment_events, write_root
+from physics_tf.auger.data import AugerDataModule, AugerDataset, augment_events
+from physics_tf.auger.io import AugerEventFile, write_hdf5, write_root
+from physics_tf.auger.schema import LN_A, PRIMARIES
 from physics_tf.auger.simulate import (
-    LN_A,
-    PRIMARIES,
     AugerSimulator,
     SimConfig,
     gumbel_parameters,
@@ -20,7 +20,6 @@ from physics_tf.auger.simulate import (
     run_generate,
     sample_xmax,
     vertical_depth,
-    write_hdf5,
 )
 from physics_tf.data.errors import DataError
 

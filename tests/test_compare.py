@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from physics_tf.training.compare import (CompareError, comparison, find_run_dirs, load_local_run, load_wandb_runs, main,
-                                to_csv, to_markdown)
+from physics_tf.training.compare import (CompareError, comparison, find_run_dirs, load_local_run, load_wandb_runs,
+                                         main)
 
-from test_pipelines import compose_train, data_dir  # noqa: F401 (data_dir: the tiny data sets fixture)
+from test_pipelines import compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 

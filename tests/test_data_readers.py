@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import uproot
 
-from conftest import JETCLASS_LABELS, synth_jetclass
-from physics_tf.jets.features import FEATURE_SETS, JetDataConfig
+from conftest import synth_jetclass
+from physics_tf.jets.features import FEATURE_SETS, JetDataConfig, chunk_to_arrays
 from physics_tf.jets.dataset import JetIterableDataset, build_pieces
 from physics_tf.data.errors import (
     ConfigError,
@@ -20,7 +20,7 @@ from physics_tf.data.errors import (
     MissingFieldError,
     UnknownLabelError,
 )
-from physics_tf.jets.readers import TopTaggingH5Reader, chunk_to_arrays, make_reader
+from physics_tf.jets.readers import TopTaggingH5Reader, make_reader
 from physics_tf.jets.writers import toptagging_columns, write_jetclass_root, write_toptagging_h5
 from physics_tf.data.atomic import atomic_path
 

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 
-from physics_tf.jets.jetgen import generate_dataset  # noqa: E402
+from physics_tf.jets.generate.orchestrate import generate_dataset  # noqa: E402
 
 from test_pipelines import compose_train  # noqa: E402
 

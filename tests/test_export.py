@@ -1,4 +1,6 @@
-"""ONNX export: every model's onnxruntime output equals PyTorch's on other batch sizes / lengths than traced."""
+"""ONNX export: the driver, its files and metadata, the CLI end to end, one-line errors, and models that switch
+off their data-dependent shapes themselves. (Every configured model's onnxruntime round trip:
+tests/test_model_configs.py.)"""
 
 from __future__ import annotations
 
@@ -24,85 +26,16 @@ from test_pipelines import compose_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_AUGER = ["data.grid_size=5", "data.n_bins=20"]
 # experiment + overrides that make each network tiny (the architecture is unchanged)
 MODELS = {
     "part": ["experiment=jets_part", "model.embed_dims=[16,32,16]", "model.pair_embed_dims=[8,8]",
              "model.num_heads=2", "model.num_layers=2", "model.num_cls_layers=1"],
-    "part_plain": ["experiment=jets_part_plain", "model.embed_dims=[16,16]", "model.num_heads=2",
-                   "model.num_layers=1", "model.num_cls_layers=1"],
     "pfn": ["experiment=jets_pfn", "model.phi_dims=[16,16]", "model.f_dims=[16]"],
-    "lightcurve_transformer": ["experiment=lightcurves_transformer", "model.dim=16", "model.num_heads=2",
-                               "model.num_layers=2"],
-    "lightcurve_gru": ["experiment=lightcurves_gru", "model.hidden=8"],
-    "auger_lstm": ["experiment=auger_hexconv", *TINY_AUGER, "model.rnn_hidden=8", "model.station_dim=8",
-                   "model.conv_channels=[8,8]", "model.head_dims=[8]"],
-    "auger_gru": ["experiment=auger_hexconv", *TINY_AUGER, "model.rnn=gru", "model.rnn_hidden=8",
-                  "model.station_dim=8", "model.conv_channels=[8]", "model.head_dims=[8]"],
-    "auger_transformer": ["experiment=auger_transformer", *TINY_AUGER, "model.patch=5", "model.temporal_dim=8",
-                          "model.temporal_heads=2", "model.temporal_depth=1", "model.window=2", "model.dim=8",
-                          "model.num_heads=2", "model.depth=2", "data.classify_primary=true"],
-    "auger_perceiver": ["experiment=auger_transformer", "model=auger_perceiver", *TINY_AUGER, "model.latents=3",
-                        "model.temporal_dim=8", "model.temporal_heads=2", "model.temporal_depth=1", "model.dim=8",
-                        "model.num_heads=2", "model.depth=1"],
 }
 
 
 def run_config(overrides: list[str], tmp_path: Path) -> dict:
     return OmegaConf.to_container(compose_train(overrides, tmp_path), resolve=True)
-
-
-def _randomise(net: torch.nn.Module, seed: int) -> None:
-    """Non-trivial weights and BatchNorm statistics, so that a mismatch cannot hide behind zeros and ones."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-
-
-def _dims(graph_input) -> list[str | int]:
-    return [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-def test_onnxruntime_matches_pytorch(name, tmp_path):
-    net, dm = build_network(run_config(MODELS[name], tmp_path))
-    _randomise(net, seed=len(name))
-    net.eval()
-    out = tmp_path / "model.onnx"
-    summary = export_onnx(net, dm, out, example_batch=3, example_length=9,
-                          metadata={"task": dict(dm.task_kwargs)})
-    assert summary["check"]["max_abs_diff"] < 1e-4
-
-    model = onnx.load(str(out))
-    inputs = {i.name: _dims(i) for i in model.graph.input}
-    assert [s["name"] for s in summary["inputs"]] == list(inputs)
-    assert all(dims[0] == "batch" for dims in inputs.values()), inputs
-    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
-    assert meta["physics_tf.inputs"] == summary["inputs"]
-    assert json.loads((tmp_path / "model.onnx.json").read_text())["inputs"] == summary["inputs"]
-
-    # another batch size and length than the export example (3 × 9) and the export's own check, with padding
-    batch = example_inputs(net, dm, batch_size=7, length=14, seed=11)
-    mask = batch["mask"]
-    assert (~mask).any() and mask.any(), "the test batch must contain padding"
-    if name.startswith(("part", "pfn")):
-        assert inputs["x"][:2] == ["batch", "particles"]
-        assert mask.shape[1] == 14
-    if name.startswith("lightcurve"):
-        assert inputs["flux"] == ["batch", "observations"]
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, onnx_feed(session, batch))[0]
-    with torch.no_grad():
-        ref = net(**batch).numpy()
-    assert got.shape == ref.shape == (7, ref.shape[1])
-    diff = float(np.abs(got - ref).max())
-    print(f"{name}: max |Δ| = {diff:.3g}, export {summary['export_seconds']:.2f} s")
-    assert diff < 1e-4, diff
 
 
 def test_pfn_graph_leaves_out_the_four_vectors_it_ignores(tmp_path):
@@ -112,12 +45,41 @@ def test_pfn_graph_leaves_out_the_four_vectors_it_ignores(tmp_path):
     assert summary["ignored_inputs"] == ["v"]
 
 
-def test_export_leaves_the_network_as_it_was(tmp_path):
-    """The tracing aids (no trimming, another pair-bias layout) are undone after the export."""
+def test_models_switch_off_data_dependent_shapes_only_while_exporting(tmp_path, monkeypatch):
+    """No patching: under ``torch.onnx.is_in_onnx_export()`` ParT neither trims nor packs and its pair bias takes
+    the exportable layout — the same function; outside an export nothing changes (trimming included)."""
+    import torch.onnx
+
+    from physics_tf.jets.pairwise import PairEmbedding
+
     net, dm = build_network(run_config(MODELS["part"], tmp_path))
+    batch = example_inputs(net, dm, batch_size=4, length=11, seed=3)
+    with torch.no_grad():
+        ref = net(**batch)
+        bias = net.pair_embed(batch["v"], batch["mask"], key_mask_value=float("-inf"))
+        seen = []
+        dense = PairEmbedding.forward
+
+        def spy(self, v, mask, key_mask_value=None):
+            seen.append(mask.shape[1])
+            return dense(self, v, mask, key_mask_value)
+
+        monkeypatch.setattr(PairEmbedding, "forward", spy)
+        net(**batch)
+        assert seen == [10]  # trimmed to the longest jet (11 − 1 particles)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        torch.testing.assert_close(net(**batch), ref, atol=1e-5, rtol=1e-5)
+        assert seen[-1] == 11  # not trimmed while exporting
+        torch.testing.assert_close(net.pair_embed(batch["v"], batch["mask"], key_mask_value=float("-inf")), bias)
     export_onnx(net, dm, tmp_path / "part.onnx")
-    assert net.trim is True
-    assert "forward" not in vars(net.pair_embed)
+    assert "forward" not in vars(net.pair_embed) and net.trim is True
+
+
+def test_a_data_module_without_export_hooks_is_one_line(tmp_path):
+    net, _ = build_network(run_config(MODELS["pfn"], tmp_path))
+    with pytest.raises(ExportError, match="has no ONNX export hooks") as err:
+        export_onnx(net, object(), tmp_path / "x.onnx")
+    assert "\n" not in str(err.value) and not (tmp_path / "x.onnx").exists()
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -206,7 +168,7 @@ def test_not_a_physics_tf_checkpoint(tmp_path):
     torch.save({"state_dict": {"net.w": torch.zeros(1)}}, foreign)
     text = tmp_path / "text.ckpt"
     text.write_text("not a checkpoint\n")
-    for path, expected in [(foreign, "not a physics_tf checkpoint"), (text, "not a readable PyTorch checkpoint")]:
+    for path, expected in [(foreign, "not a physics_tf checkpoint"), (text, "cannot read the checkpoint")]:
         cfg.ckpt_path = str(path)
         with pytest.raises(ExportError) as err:
             run_export(cfg)
@@ -220,3 +182,26 @@ def test_weights_of_another_model_are_refused(tmp_path):
     other, _ = build_network(run_config(MODELS["part"], tmp_path))
     with pytest.raises(ExportError, match="weights do not fit ParticleFlowNetwork"):
         build_network(config, other.state_dict(), source="x.ckpt")
+
+
+@pytest.mark.parametrize("name", ["jets_demo", "lightcurves_transformer", "auger_transformer"])
+def test_checkpoints_written_before_the_move_export(name, tmp_path):
+    """Tiny checkpoints of the code before the move to one wing per analysis (old ``_target_`` strings, ParT and
+    the light-curve transformer with their class token and class blocks on the model itself) still export."""
+    from physics_tf.nn.state_keys import rename_legacy_key
+
+    ckpt = ROOT / "tests" / "data" / "legacy" / f"{name}.ckpt"
+    cfg = OmegaConf.create({"ckpt_path": str(ckpt), "output": str(tmp_path / "model.onnx"),
+                            "paths": {"output_dir": str(tmp_path)}})
+    summary = run_export(cfg)
+    assert summary["check"]["max_abs_diff"] < 1e-4
+    assert summary["model"].startswith(f"physics_tf.{name.split('_')[0]}.")  # the current class
+    config, state = load_checkpoint(ckpt)
+    net, _ = build_network(config, state, source=ckpt)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    stored = {k.removeprefix("net."): v for k, v in raw.items() if k.startswith("net.")}
+    current = net.state_dict()
+    assert len(current) == len(stored)
+    renames = getattr(type(net), "LEGACY_STATE_KEYS", {})  # ParT, light-curve transformer: the pool's names
+    for key, value in stored.items():  # every stored tensor is in the network, under its current name
+        assert torch.equal(current[rename_legacy_key(key, renames)], value), key

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pipelines import compose_train, data_dir  # noqa: F401 (tiny data: 120 jets per split)
+from test_pipelines import compose_train
 
 from physics_tf.training.cluster import adopt_submitit_local_ranks, run_stamp, slurm_gpus, slurm_job_tag
 from physics_tf.training.checkpoints import CheckpointError, load_run_config, resolve_ckpt_path

@@ -1,4 +1,4 @@
-"""Pythia 8 + FastJet jet generator (physics_tf.jets.jetgen): helpers, layout, physics, reproducibility.
+"""Pythia 8 + FastJet jet generator (physics_tf.jets.generate): helpers, layout, physics, reproducibility.
 
 The substructure helpers are tested on hand-built jets; the generation tests (marked ``gen``) run small
 Pythia samples (tens of jets per class, one worker) and check the JetClass layout, the selection, the
@@ -16,19 +16,17 @@ import pytest
 
 fastjet = pytest.importorskip("fastjet")
 
-from physics_tf.jets import jetgen  # noqa: E402
-from physics_tf.jets.jetgen import (  # noqa: E402
+from physics_tf.jets.generate import orchestrate  # noqa: E402
+from physics_tf.jets.generate.events import generate_jets  # noqa: E402
+from physics_tf.jets.generate.orchestrate import generate_dataset  # noqa: E402
+from physics_tf.jets.generate.substructure import JetCuts, jet_features, nsubjettiness, softdrop_mass  # noqa: E402
+from physics_tf.jets.schema import (  # noqa: E402
     AUX_BRANCHES,
     JET_BRANCHES,
     LABEL_DTYPES,
-    LABELS,
     PARTICLE_BRANCHES,
-    JetCuts,
-    generate_dataset,
-    jet_features,
-    nsubjettiness,
-    softdrop_mass,
 )
+from physics_tf.jets.schema import JETCLASS_LABELS as LABELS  # noqa: E402
 
 
 def p4_from(pt, eta, phi, m=0.0):
@@ -242,7 +240,7 @@ def test_mass_peaks_and_substructure(demo_dir):
 @pytest.mark.parametrize("process, lo, hi, pid", [("Wqq", 65, 95, 24), ("Zqq", 75, 105, 23)])
 def test_boson_mass_peaks(process, lo, hi, pid):
     pytest.importorskip("pythia8mc")
-    out = jetgen.generate_jets(process, 40, seed=11)
+    out = generate_jets(process, 40, seed=11)
     sd = out["jet_sdmass"]
     assert lo < np.median(sd) < hi
     assert np.all(np.abs(out["aux_parent_pid"]) == pid)
@@ -292,11 +290,11 @@ def test_bad_configuration_raises(tmp_path):
     with pytest.raises(ValueError, match="n_val"):
         generate_dataset(tmp_path, ["QCD"], n_train=1, n_val=-1, n_test=0, progress=False)
     with pytest.raises(ValueError, match="seed"):
-        jetgen.generate_jets("QCD", 1, seed=0)
+        generate_jets("QCD", 1, seed=0)
 
 
 def test_plan_is_balanced_and_seeds_are_stable():
-    plan = jetgen._plan(["QCD", "Tbqq"], {"train": 25, "val": 5, "test": 0}, seed=1, jets_per_file=20,
+    plan = orchestrate._plan(["QCD", "Tbqq"], {"train": 25, "val": 5, "test": 0}, seed=1, jets_per_file=20,
                         chunk_size=4, cuts=JetCuts(), extra_settings=())
     # 25 jets/class * 2 classes / 20 per file -> 3 train files, 1 val file, no test file
     assert sorted(plan) == [("train", 0), ("train", 1), ("train", 2), ("val", 0)]
@@ -307,7 +305,7 @@ def test_plan_is_balanced_and_seeds_are_stable():
     assert sum(c.n for k, chs in plan.items() if k[0] == "train" for c in chs) == 50
     seeds = [c.seed for chs in plan.values() for c in chs]
     assert len(set(seeds)) == len(seeds) and all(1 <= s <= 900_000_000 for s in seeds)
-    assert jetgen.chunk_seed(1, "QCD", "train", 0, 0) == jetgen.chunk_seed(1, "QCD", "train", 0, 0)
+    assert orchestrate.chunk_seed(1, "QCD", "train", 0, 0) == orchestrate.chunk_seed(1, "QCD", "train", 0, 0)
 
 
 def test_generate_config_composes():
@@ -316,6 +314,11 @@ def test_generate_config_composes():
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         cfg = compose(config_name="generate", overrides=["gen=jets_large", "paths.data_dir=/tmp/x"])
+        default = compose(config_name="generate")
+        by_data = compose(config_name="generate", overrides=["data=auger_sim"])  # the data config's name picks gen
     assert cfg.gen.processes == ["QCD", "Tbqq", "Wqq", "Zqq"]
     assert cfg.gen.out_dir == "/tmp/x/generated/jets_large"
     assert JetCuts(**cfg.gen.cuts) == JetCuts()
+    assert cfg.gen._target_ == default.gen._target_ == "physics_tf.jets.generate.orchestrate.run_generate"
+    assert default.gen.processes == ["QCD", "Tbqq"]
+    assert by_data.gen._target_ == "physics_tf.auger.simulate.run_generate"

@@ -168,3 +168,57 @@ def test_experiment_fast_dev_run(experiment, lc_data_dir, tmp_path):
     pred = np.load(tmp_path / "predictions.npz")
     assert json.loads((tmp_path / "metrics.json").read_text())["plasticc_logloss"] == pytest.approx(
         plasticc_weighted_logloss(pred["probs"], pred["labels"], CODES))
+
+
+def test_transformer_initialisation_is_the_pre_pool_draw_order():
+    """The shared ClassTokenPool changes no initial weight: the transformer built after a seed equals the layout it
+    had before (class token drawn after the blocks, then class blocks and norm, all on the model)."""
+    from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
+    from physics_tf.nn.state_keys import rename_legacy_key
+
+    dim, heads = 16, 2
+    torch.manual_seed(0)
+    new = LightCurveTransformer(12, meta_dim=6, dim=dim, num_heads=heads, num_layers=2, num_cls_layers=2,
+                                attn_dropout=0.05)
+    torch.manual_seed(0)
+    old = torch.nn.Module()
+    old.obs_proj = torch.nn.Linear(3, dim)
+    old.band_embed = torch.nn.Embedding(6, dim)
+    old.time_proj = torch.nn.Linear(dim, dim, bias=False)
+    old.meta_proj = torch.nn.Sequential(torch.nn.Linear(7, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+    old.blocks = torch.nn.ModuleList(TransformerBlock(dim, heads, 4, 0.1, 0.05, 0.1) for _ in range(2))
+    old.cls_token = torch.nn.Parameter(torch.nn.init.trunc_normal_(torch.zeros(1, 1, dim), std=0.02))
+    old.cls_blocks = torch.nn.ModuleList(ClassAttentionBlock(dim, heads, 4, 0.1, 0.05, 0.1) for _ in range(2))
+    old.norm = torch.nn.LayerNorm(dim)
+    old.head = torch.nn.Linear(dim, 12)
+    renames = LightCurveTransformer.LEGACY_STATE_KEYS
+    old_state = {rename_legacy_key(k, renames): v for k, v in old.state_dict().items()}
+    assert old_state.keys() == new.state_dict().keys()
+    for key, value in new.state_dict().items():
+        assert torch.equal(value, old_state[key]), key
+    # the same dropout settings: train-mode outputs of the two layouts agree draw for draw
+    assert new.pool.blocks[0].attn.dropout == 0.05 and new.pool.blocks[0].dropout.p == 0.1
+    assert new.pool.blocks[0].act_dropout.p == 0.1 and new.pool.blocks[0].norm_query
+
+
+def test_transformer_loads_a_state_dict_written_before_the_shared_pool(batch):
+    """tests/data/legacy/lightcurves_transformer.ckpt (code before the move): ``cls_token``, ``cls_blocks.*``,
+    ``norm.*`` on the model."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "data" / "legacy" / "lightcurves_transformer.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    assert {"cls_token", "cls_blocks.0.fc1.weight", "norm.weight"} <= set(state)
+    config = {k: v for k, v in checkpoint["physics_tf_config"]["model"].items() if k != "_target_"}
+    net = LightCurveTransformer(state["head.weight"].shape[0], meta_dim=state["meta_proj.0.weight"].shape[1] - 1,
+                                **config)
+    net.load_state_dict(state)  # strict
+    assert torch.equal(net.pool.cls_token, state["cls_token"]) and torch.equal(net.pool.norm.bias, state["norm.bias"])
+    task = torch.nn.ModuleDict({"net": LightCurveTransformer(net.head.out_features, net.config["meta_dim"], **config)})
+    task.load_state_dict(checkpoint["state_dict"])
+    x = _inputs(batch)
+    x["meta"] = x["meta"][:, : net.config["meta_dim"]]
+    net.eval(), task.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(task["net"](**x), net(**x), atol=0, rtol=0)

@@ -178,3 +178,23 @@ def test_write_dataset_files_and_round_trip(tmp_path):
     np.testing.assert_array_equal(h5.object_id, csv.object_id)
     np.testing.assert_allclose(h5.obs["flux"], csv.obs["flux"], atol=5e-7)
     np.testing.assert_array_equal(h5.meta["target"], csv.meta["target"])
+
+
+def test_run_generate_skips_a_matching_request_and_redoes_a_changed_or_incomplete_one(tmp_path):
+    from omegaconf import OmegaConf
+
+    gen = {"out_dir": str(tmp_path), "n_train": 8, "n_val": 0, "n_test": 4, "seed": 2, "classes": [90, 6],
+           "fractions": {90: 2.0}, "csv": False, "progress": False}  # int keys: stored as strings in JSON
+    first = sim.run_generate(OmegaConf.create({"gen": gen}))
+    assert first["request"]["n"] == {"train": 8, "val": 0, "test": 4}
+    inode = (tmp_path / "train.h5").stat().st_ino  # an atomic rewrite makes a new file
+    again = sim.run_generate(OmegaConf.create({"gen": gen}))  # the manifest matches: nothing rewritten
+    assert (tmp_path / "train.h5").stat().st_ino == inode and again["splits"] == first["splits"]
+    (tmp_path / "test.h5").unlink()  # a file is missing: regenerated although the request matches
+    sim.run_generate(OmegaConf.create({"gen": gen}))
+    assert (tmp_path / "test.h5").is_file() and (tmp_path / "train.h5").stat().st_ino != inode
+    inode = (tmp_path / "train.h5").stat().st_ino
+    sim.run_generate(OmegaConf.create({"gen": {**gen, "force": True}}))
+    assert (tmp_path / "train.h5").stat().st_ino != inode
+    changed = sim.run_generate(OmegaConf.create({"gen": {**gen, "seed": 3}}))
+    assert json.loads((tmp_path / "manifest.json").read_text())["request"]["seed"] == changed["seed"] == 3

@@ -1,12 +1,17 @@
-"""Model-level behaviour shared by every jet model: shapes, masks, permutation invariance, parameter counts."""
+"""Model-level behaviour shared by every jet model: shapes, masks, permutation invariance, ParT's initialisation,
+names and old state dicts. (Parameter counts of every configured model: tests/test_model_configs.py.)"""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from physics_tf.jets.part import ParticleTransformer, random_trim
+from physics_tf.jets.part import ParticleTransformer, from_weaver_state_dict, random_trim
 from physics_tf.jets.pfn import ParticleFlowNetwork
+from physics_tf.nn.state_keys import rename_legacy_key
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL_PART = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,
                   train_trim_quantiles=None)
@@ -80,15 +85,6 @@ def test_interaction_bias_matters():
     v2 = v * torch.rand_like(v)
     assert not torch.allclose(part(x, v, mask), part(x, v2, mask))
     torch.testing.assert_close(plain(x, v, mask), plain(x, v2, mask))
-
-
-def test_parameter_counts_match_reference():
-    count = lambda m: sum(p.numel() for p in m.parameters())
-    # weaver-core's ParticleTransformer with JetClass's 17 features and 10 classes has 2,143,486 parameters
-    assert abs(count(ParticleTransformer(17, 10)) - 2_143_486) <= 0.005 * 2_143_486
-    assert count(ParticleTransformer(17, 10)) == 2_143_486
-    assert count(ParticleTransformer(17, 10, use_interaction=False)) == 2_143_486 - 9_568
-    assert count(ParticleFlowNetwork(17, 10)) == pytest.approx(86_100, rel=0.01)
 
 
 def test_trim_to_longest_jet_gives_same_result_as_no_trim():
@@ -168,7 +164,7 @@ def test_part_initialisation_follows_the_reference():
         out_bound = math.sqrt(6 / 256) / math.sqrt(2 * layer)
         assert 0.95 * out_bound < block.attn.out_proj.weight.abs().max() <= out_bound
     cls_bound = math.sqrt(6 / 256)  # class blocks: Xavier, not rescaled
-    assert 0.95 * cls_bound < model.cls_blocks[0].attn.out_proj.weight.abs().max() <= cls_bound
+    assert 0.95 * cls_bound < model.pool.blocks[0].attn.out_proj.weight.abs().max() <= cls_bound
     first = model.pair_embed.mlp[1]  # pair MLP keeps PyTorch's default init, like the reference's convs
     assert first.bias.abs().max() > 0 and first.weight.abs().max() <= 1 / math.sqrt(4)
 
@@ -176,7 +172,6 @@ def test_part_initialisation_follows_the_reference():
 def test_part_equals_weaver_core_with_the_same_weights():
     """Optional: with weaver-core installed (the [bench] extra), loading its weights gives the same eval logits."""
     weaver = pytest.importorskip("weaver.nn.model.ParticleTransformer")
-    from physics_tf.jets.part import from_weaver_state_dict
 
     torch.manual_seed(0)
     ref = weaver.ParticleTransformer(input_dim=7, num_classes=3, embed_dims=(16, 32, 16), pair_embed_dims=(8, 8),
@@ -190,3 +185,74 @@ def test_part_equals_weaver_core_with_the_same_weights():
     x, v, mask = random_jets()
     expected = ref(x.transpose(1, 2), v.transpose(1, 2), mask[:, None].float())
     torch.testing.assert_close(ours(x, v, mask), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_part_initialisation_is_the_pre_pool_draw_order():
+    """The shared ClassTokenPool changes no initial weight: ParT built after a seed equals the layout it had before
+    (class token, class blocks and norm on the model; the token drawn after the head, then the reference init)."""
+    from physics_tf.jets.pairwise import PairEmbedding
+    from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
+    from physics_tf.nn.embeddings import ParticleEmbedding
+
+    dims = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=2)
+    torch.manual_seed(0)
+    new = ParticleTransformer(7, 3, fc_dims=(8,), **dims)
+    torch.manual_seed(0)
+    old = torch.nn.Module()
+    old.embed = ParticleEmbedding(7, dims["embed_dims"])
+    old.pair_embed = PairEmbedding(2, dims["pair_embed_dims"])
+    block = dict(dim=16, num_heads=2, ffn_ratio=4, normformer=True)
+    old.blocks = torch.nn.ModuleList(TransformerBlock(**block) for _ in range(2))
+    old.cls_blocks = torch.nn.ModuleList(ClassAttentionBlock(**block, dropout=0.0, attn_dropout=0.0,
+                                                             activation_dropout=0.0, norm_query=False)
+                                         for _ in range(2))
+    old.norm = torch.nn.LayerNorm(16)
+    old.fc = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    old.cls_token = torch.nn.Parameter(torch.nn.init.trunc_normal_(torch.zeros(1, 1, 16), std=0.02))
+    ParticleTransformer.reset_parameters_like_reference(old)
+    old_state = {rename_legacy_key(k, ParticleTransformer.LEGACY_STATE_KEYS): v for k, v in old.state_dict().items()}
+    assert old_state.keys() == new.state_dict().keys()
+    for key, value in new.state_dict().items():
+        assert torch.equal(value, old_state[key]), key
+
+
+def test_part_loads_a_state_dict_written_before_the_shared_pool():
+    """tests/data/legacy/jets_demo.ckpt (code before the move): ``cls_token``, ``cls_blocks.*``, ``norm.*``."""
+    checkpoint = torch.load(ROOT / "tests" / "data" / "legacy" / "jets_demo.ckpt", weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    assert {"cls_token", "cls_blocks.0.fc1.weight", "norm.weight"} <= set(state)
+    config = {k: v for k, v in checkpoint["physics_tf_config"]["model"].items() if k != "_target_"}
+    model = ParticleTransformer(state["embed.input_bn.weight"].shape[0], state["fc.0.weight"].shape[0], **config)
+    model.load_state_dict(state)  # strict
+    assert torch.equal(model.pool.cls_token, state["cls_token"])
+    assert torch.equal(model.pool.blocks[0].fc1.weight, state["cls_blocks.0.fc1.weight"])
+    assert torch.equal(model.pool.norm.weight, state["norm.weight"])
+    task = torch.nn.ModuleDict({"net": ParticleTransformer(model.embed.input_bn.num_features, 2, **config)})
+    task.load_state_dict(checkpoint["state_dict"])  # inside a task: ``net.*`` keys
+    x, v, mask = random_jets()
+    x = torch.randn(4, 12, model.embed.input_bn.num_features) * mask[..., None]
+    model.eval(), task.eval()
+    torch.testing.assert_close(task["net"](x, v, mask), model(x, v, mask), atol=0, rtol=0)
+
+
+def test_weaver_names_map_onto_the_current_layout():
+    """weaver-core's key names (written out here, weaver-core need not be installed): class token, class blocks
+    and norm on the model, ``nn.MultiheadAttention``'s ``in_proj_weight``, ``c_attn`` / ``w_resid``, ``embed.embed``
+    and the pair MLP's 1×1 convolutions."""
+    torch.manual_seed(0)
+    ours = ParticleTransformer(7, 3, **SMALL_PART)
+    weaver_names = [("pool.cls_token", "cls_token"), ("pool.blocks.", "cls_blocks."), ("pool.norm.", "norm."),
+                    (".attn.in_proj.weight", ".attn.in_proj_weight"), (".attn.in_proj.bias", ".attn.in_proj_bias"),
+                    (".attn.head_scale", ".c_attn"), (".resid_scale", ".w_resid"), ("pair_embed.mlp.", "pair_embed.embed."),
+                    ("embed.mlp.", "embed.embed.")]
+    weaver = {}
+    for key, value in ours.state_dict().items():
+        conv = key.startswith("pair_embed.mlp.") and key.endswith("weight") and value.dim() == 2
+        for new, old in weaver_names:
+            key = key.replace(new, old)
+        weaver["module." + key] = value.unsqueeze(-1) if conv else value
+    assert "cls_blocks.0.attn.in_proj_weight" in {k.removeprefix("module.") for k in weaver}
+    converted = from_weaver_state_dict(weaver)
+    assert converted.keys() == ours.state_dict().keys()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(converted[key], value), key

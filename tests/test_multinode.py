@@ -18,7 +18,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from test_pipelines import data_dir  # noqa: F401 (the tiny data sets: 120 train jets, px = 1000 + index)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_JETS, BATCH = 120, 16

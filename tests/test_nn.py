@@ -127,7 +127,7 @@ def test_pair_embedding_symmetric_and_zero_at_padding():
 
 def test_class_token_pool_summarises_real_elements_only():
     from physics_tf.nn.blocks import ClassTokenPool
-    from physics_tf.tasks.classification import split_weight_decay_params
+    from physics_tf.tasks.base import split_weight_decay_params
 
     torch.manual_seed(5)
     pool = ClassTokenPool(16, 4, num_layers=2).eval()
@@ -181,7 +181,7 @@ def test_attention_with_dropout_equals_naive_with_the_same_keep_mask():
 
 
 def test_packed_block_equals_dense_block_on_real_elements():
-    from physics_tf.nn.attention import Packing
+    from physics_tf.nn.packing import Packing
 
     torch.manual_seed(6)
     block = TransformerBlock(16, 4, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0, normformer=True).double()
@@ -227,3 +227,109 @@ def test_pair_mlp_gradients_equal_plain_autograd():
     expected = torch.autograd.grad(emb.mlp(feats).square().sum(), [feats, *emb.parameters()])
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e)
+
+
+def test_packing_equals_boolean_indexing_and_its_inverse():
+    from physics_tf.nn.packing import Packing
+
+    torch.manual_seed(10)
+    mask = torch.rand(4, 7) < 0.5
+    mask[2] = False  # an empty set
+    x = torch.randn(4, 7, 3)
+    packing = Packing(mask)
+    assert torch.equal(packing.pack(x), x[mask])
+    values = torch.randn(int(mask.sum()), 3)
+    expected = torch.zeros(4, 7, 3)
+    expected[mask] = values
+    assert torch.equal(packing.unpack(values), expected)
+    # two masks with the same real count per row pack to corresponding rows
+    from physics_tf.nn.packing import left_aligned
+
+    left = left_aligned(mask)
+    assert left.shape == (4, int(mask.sum(1).max())) and torch.equal(left.sum(1), mask.sum(1))
+    assert torch.equal(Packing(left).unpack(packing.pack(x))[left], x[mask])
+    assert (left[:, :-1].int() - left[:, 1:].int() >= 0).all()  # real elements first
+    assert left_aligned(mask, trim=False).shape == mask.shape
+    assert left_aligned(torch.zeros(2, 5, dtype=torch.bool)).shape == (2, 1)  # at least one column
+
+
+def test_trim_to_longest_and_prefix_mask():
+    from physics_tf.nn.packing import prefix_mask, trim_to_longest
+
+    mask = prefix_mask(6, 9, torch.Generator().manual_seed(0))
+    counts = mask.sum(1)
+    assert counts[0] == 8 and (counts >= 1).all() and (counts < 9).all()  # every row padded, the first 9 − 1
+    assert torch.equal(mask, torch.arange(9)[None] < counts[:, None])  # left-aligned
+    x = torch.randn(6, 9, 2)
+    m, t = trim_to_longest(mask, x)
+    assert m.shape == (6, 8) and torch.equal(t, x[:, :8]) and torch.equal(m.sum(1), counts)
+
+
+def test_legacy_state_keys_rename_on_dot_boundaries_and_load():
+    from physics_tf.nn.blocks import ClassTokenPool
+    from physics_tf.nn.state_keys import accept_legacy_state_keys, rename_legacy_key
+
+    renames = {"cls_token": "pool.cls_token", "cls_blocks": "pool.blocks", "norm": "pool.norm"}
+    assert rename_legacy_key("cls_blocks.0.fc1.weight", renames) == "pool.blocks.0.fc1.weight"
+    assert rename_legacy_key("cls_token", renames) == "pool.cls_token"
+    assert rename_legacy_key("normalizer.weight", renames) == "normalizer.weight"  # not a dot boundary
+    assert rename_legacy_key("pool.norm.weight", renames) == "pool.norm.weight"
+
+    class Net(torch.nn.Module):
+        LEGACY_STATE_KEYS = renames
+
+        def __init__(self):
+            super().__init__()
+            self.pool = ClassTokenPool(8, 2)
+            accept_legacy_state_keys(self)
+
+    torch.manual_seed(11)
+    source = Net()
+    old = {rename_legacy_key(k, {v: k for k, v in renames.items()}): t for k, t in source.state_dict().items()}
+    assert "cls_token" in old and "cls_blocks.0.fc1.weight" in old and "norm.weight" in old
+    for wrap in (False, True):  # on its own and inside a task (``net.*`` keys)
+        net = Net()
+        target = torch.nn.ModuleDict({"net": net}) if wrap else net
+        target.load_state_dict({("net." if wrap else "") + k: v for k, v in old.items()})
+        for k, v in source.state_dict().items():
+            assert torch.equal(net.state_dict()[k], v), k
+    Net().load_state_dict(source.state_dict())  # current names load as they are
+    with pytest.raises(TypeError, match="LEGACY_STATE_KEYS"):
+        accept_legacy_state_keys(torch.nn.Linear(2, 2))
+
+
+def test_class_token_pool_draw_order_and_token_dtype():
+    """``init_token=False`` draws nothing for the token (the owner draws it later); ``cast_token=False`` leaves
+    the token's dtype to autocast."""
+    from physics_tf.nn.blocks import ClassTokenPool
+
+    torch.manual_seed(12)
+    drawn = ClassTokenPool(8, 2, num_layers=2)
+    torch.manual_seed(12)
+    token = torch.nn.init.trunc_normal_(torch.zeros(1, 1, 8), std=0.02)
+    assert torch.equal(drawn.cls_token.detach(), token)  # the token is the first draw
+    late = ClassTokenPool(8, 2, num_layers=2, init_token=False)
+    assert (late.cls_token == 0).all()
+    torch.manual_seed(12)
+    ClassTokenPool(8, 2, num_layers=2, init_token=False)
+    after = torch.rand(3)
+    torch.manual_seed(12)
+    torch.nn.init.trunc_normal_(torch.zeros(1, 1, 8), std=0.02)
+    ClassTokenPool(8, 2, num_layers=2, init_token=False)
+    assert not torch.equal(torch.rand(3), after)  # the draws consumed differ by exactly the token's
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    assert drawn.double()(x).dtype == torch.float64
+
+
+def test_cross_attention_block_updates_the_queries_only_from_real_elements():
+    from physics_tf.nn.blocks import CrossAttentionBlock
+
+    torch.manual_seed(13)
+    block = CrossAttentionBlock(8, 2, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0).eval()
+    q, x = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out = block(q, x, attention_mask(mask))
+    assert out.shape == (2, 3, 8)
+    x2 = x.clone()
+    x2[1, 2:] = 100.0
+    torch.testing.assert_close(block(q, x2, attention_mask(mask)), out)

@@ -1,12 +1,6 @@
-"""Auger surface-detector events: HDF5 / ROOT readers, a streaming dataset and the Lightning data module.
+"""Auger surface-detector events for training: augmentation, batches, a streaming dataset and the data module.
 
-File layout (written by :mod:`physics_tf.auger.simulate`; users can write the same from their own simulations):
-one entry per event with the station fields ``traces`` (n, n, T) VEM per bin, ``times`` (n, n) ns relative to
-the hottest station, ``signals`` (n, n) VEM, ``positions`` (n, n, 3) m, ``mask`` (n, n) bool (True = triggered,
-working station), and the event fields ``energy`` (eV), ``zenith``, ``azimuth`` (rad), ``core`` (3,) m,
-``xmax`` (g/cm²), ``mass_number``, ``primary`` (index into ``("p", "He", "N", "Fe")``). HDF5: one dataset per
-field, events along axis 0. ROOT: a TTree (default ``events``) with one fixed-size-array branch per field
-(``uproot`` writes and reads them as (N, n, n, T) arrays; :func:`write_root` does it).
+Files are read by :class:`physics_tf.auger.io.AugerEventFile` (layout: :mod:`physics_tf.auger.schema`).
 
 Batch (batch contract of :mod:`physics_tf.tasks.base`), with n = ``grid_size`` and T = ``n_bins``:
 
@@ -26,11 +20,11 @@ aux_zenith     (B,)               rad
 aux_primary    (B,) int64         primary index
 =============  =================  ==========================================================
 
-Streaming follows the jet data layer (:mod:`physics_tf.jets.dataset`): each split is cut into blocks of
+Streaming: each split is cut into blocks of
 ``chunk_events`` consecutive events (a compressed HDF5 chunk each); per epoch the training blocks are shuffled
 with a seed of (seed, epoch), dealt to DDP ranks round-robin and, inside a rank, to DataLoader workers; a
 worker reads ``shuffle_blocks`` blocks at a time and shuffles the events among them. Every rank yields the same
-number of training batches (:func:`physics_tf.jets.dataset.batches_per_rank` with ``drop_last``; a rank short
+number of training batches (:func:`physics_tf.data.streaming.batches_per_rank` with ``drop_last``; a rank short
 of events wraps around its own blocks). Validation / test read every event once, in file order, in equal
 contiguous spans per rank (padded by wrapping around, as ``DistributedSampler`` does, so every rank yields the
 same number of batches and collective ops cannot hang).
@@ -46,137 +40,25 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from physics_tf.auger.simulate import LN_A
+from physics_tf.auger.io import AugerEventFile
+from physics_tf.auger.schema import ALTITUDE, HEIGHT_UNIT, LN_A, PRIMARIES, SPACING, STATION_FIELDS
+from physics_tf.data.errors import DataError
 from physics_tf.data.loaders import StreamingDataModule
 from physics_tf.data.streaming import batches_per_rank
-from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueError, MissingFieldError
 
-__all__ = ["AugerEventFile", "AugerDataset", "AugerDataModule", "write_root", "TARGETS", "PRIMARIES"]
+__all__ = ["AugerDataset", "AugerDataModule", "augment_events", "to_batch", "TARGETS"]
 
 log = logging.getLogger(__name__)
 
-PRIMARIES = ("p", "He", "N", "Fe")
-STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
-EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
 # default standardisation of the targets: (value - mean) / std
 TARGETS: dict[str, tuple[float, float]] = {"xmax": (750.0, 70.0), "lna": (2.0, 1.6)}
-# batch units (to_batch): x, y in grid spacings, z − ALTITUDE in HEIGHT_UNIT, times in µs (files: m and ns)
-SPACING = 1500.0  # m
-ALTITUDE = 1400.0  # m
-HEIGHT_UNIT = 100.0  # m
-
-
-# ---------------------------------------------------------------------------------------------- readers
-class AugerEventFile:
-    """One HDF5 (``.h5``/``.hdf5``) or ROOT (``.root``) file of events; checks the layout on opening.
-
-    ``read(start, stop)`` returns the raw fields (numpy, file units) of events [start, stop), with the traces
-    cut to the first ``n_bins`` bins; bad values raise a one-line :class:`DataError` naming file and field.
-    """
-
-    def __init__(self, path: str | os.PathLike, grid_size: int, n_bins: int, treename: str = "events") -> None:
-        self.path = str(path)
-        self.grid_size, self.n_bins, self.treename = int(grid_size), int(n_bins), treename
-        self.kind = "root" if self.path.endswith(".root") else "hdf5"
-        self._handle = None
-        shapes = self._shapes()
-        for name in STATION_FIELDS + EVENT_FIELDS:
-            if name not in shapes:
-                raise MissingFieldError(self.path, f"missing (have {sorted(shapes)})", name)
-        self.n_events = int(shapes["xmax"][0])
-        n = self.grid_size
-        expect = {"traces": (n, n), "times": (n, n), "signals": (n, n), "positions": (n, n, 3), "mask": (n, n),
-                  "core": (3,)}
-        for name, tail in expect.items():
-            got = tuple(shapes[name][1 : 1 + len(tail)])
-            if got != tail or (name != "traces" and len(shapes[name]) != 1 + len(tail)):
-                raise DataError(self.path, f"shape {tuple(shapes[name][1:])} per event, expected {tail} "
-                                f"(grid_size={n} in the config)", name)
-        if len(shapes["traces"]) != 4:
-            raise DataError(self.path, f"shape {tuple(shapes['traces'][1:])} per event, expected ({n}, {n}, T)",
-                            "traces")
-        if shapes["traces"][3] < self.n_bins:
-            raise DataError(self.path, f"traces have {shapes['traces'][3]} bins, the config expects "
-                            f"n_bins={self.n_bins}", "traces")
-        for name in STATION_FIELDS + EVENT_FIELDS:
-            if shapes[name][0] != self.n_events:
-                raise DataError(self.path, f"{shapes[name][0]} entries but xmax has {self.n_events}", name)
-
-    def _open(self):
-        if self._handle is None:
-            try:
-                if self.kind == "root":
-                    import uproot
-
-                    self._handle = uproot.open(self.path)[self.treename]
-                else:
-                    import h5py
-
-                    self._handle = h5py.File(self.path, "r")
-            except (OSError, ValueError, KeyError) as err:
-                raise CorruptFileError(self.path, f"cannot open as {self.kind}: {err}") from None
-        return self._handle
-
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        h = self._open()
-        if self.kind == "hdf5":
-            return {k: tuple(v.shape) for k, v in h.items() if hasattr(v, "shape")}
-        n = int(h.num_entries)
-        first = h.arrays(library="np", entry_stop=1) if n else {}  # TTree or RNTuple: shapes from one entry
-        return {name: (n, *np.asarray(first[name]).shape[1:]) for name in first}
-
-    def close(self) -> None:
-        if self._handle is not None and self.kind == "hdf5":
-            self._handle.close()
-        self._handle = None
-
-    def __getstate__(self):  # picklable for DataLoader workers: reopen lazily
-        state = dict(self.__dict__)
-        state["_handle"] = None
-        return state
-
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        h = self._open()
-        names = STATION_FIELDS + EVENT_FIELDS
-        if self.kind == "hdf5":
-            out = {k: h[k][start:stop] for k in names}
-        else:
-            out = h.arrays(list(names), library="np", entry_start=start, entry_stop=stop)
-            out = {k: np.asarray(out[k]) for k in names}
-        out["traces"] = out["traces"][..., : self.n_bins]
-        for name in ("traces", "times", "signals", "positions", "xmax", "energy", "zenith"):
-            bad = ~np.isfinite(out[name].reshape(len(out[name]), -1)).all(axis=1)
-            if bad.any():
-                raise InvalidValueError(self.path, f"non-finite values in event {start + int(np.argmax(bad))}", name)
-        empty = ~out["mask"].reshape(len(out["mask"]), -1).any(axis=1)
-        if empty.any():
-            raise InvalidValueError(self.path, f"event {start + int(np.argmax(empty))} has every station masked",
-                                    "mask")
-        prim = out["primary"]
-        if ((prim < 0) | (prim >= len(PRIMARIES))).any():
-            raise InvalidValueError(self.path, f"primary index outside 0..{len(PRIMARIES) - 1}", "primary")
-        return out
-
-
-def write_root(path: str | os.PathLike, events: Mapping[str, np.ndarray], treename: str = "events") -> Path:
-    """Write events (the fields of the module docstring) to a ROOT file atomically (fixed-size-array branches)."""
-    import uproot
-
-    from physics_tf.data.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        with uproot.recreate(tmp) as f:
-            f[treename] = {k: np.ascontiguousarray(events[k]) for k in STATION_FIELDS + EVENT_FIELDS}
-    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------- transforms
@@ -383,7 +265,6 @@ class AugerDataModule(StreamingDataModule):
         return {"grid_size": self.grid_size, "n_bins": self.n_bins, "num_targets": len(self.targets),
                 "num_classes": self.num_classes}
 
-
     # ------------------------------------------------------------------ export hook (no file is read)
     def example_batch(self, batch_size: int, length: int, generator) -> dict:
         """A padded batch of plausible network inputs for ONNX export and model tests
@@ -398,6 +279,7 @@ class AugerDataModule(StreamingDataModule):
         from physics_tf.auger.export import DYNAMIC_AXES
 
         return DYNAMIC_AXES
+
     @property
     def task_kwargs(self) -> dict[str, Any]:
         return {"target_names": list(self.targets),

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from physics_tf.auger.data import HEIGHT_UNIT, SPACING
-from physics_tf.auger.simulate import C_LIGHT  # m/ns
+from physics_tf.auger.schema import C_LIGHT, HEIGHT_UNIT, SPACING  # batch units; c in m/ns
 
 __all__ = ["ShowerGeometry"]
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from physics_tf.auger.geometry import ShowerGeometry
-from physics_tf.nn.embeddings import scatter_real
+from physics_tf.nn.packing import Packing
 
 __all__ = ["HexConv2d", "AugerHexConvNet", "HEX_KERNEL_MASK"]
 
@@ -102,7 +102,8 @@ class AugerHexConvNet(nn.Module):
         self.check_inputs(traces, mask)
         b, n = traces.shape[0], self.grid_size
         flat_mask = mask.reshape(b, n * n)  # (B, S)
-        tr = traces.reshape(b, n * n, self.n_bins)[flat_mask]  # (N_real, T)
+        stations = Packing(flat_mask)
+        tr = stations.pack(traces.reshape(b, n * n, self.n_bins))  # (N_real, T)
         tr = tr.view(tr.shape[0], self.n_bins // self.trace_pool, self.trace_pool).sum(-1)  # (N_real, T')
         seq, h = self.rnn(tr.unsqueeze(-1))  # seq (N_real, T', H); h (layers, N_real, H) or (h, c) for LSTM
         h = (h[0] if isinstance(h, tuple) else h)[-1]  # (N_real, H)
@@ -113,7 +114,7 @@ class AugerHexConvNet(nn.Module):
         if self.geometry is not None:  # ShowerGeometry takes [x, y, z, t, log10 S]
             station_geo, event = self.geometry(extra[..., [2, 3, 4, 0, 1]], flat_mask)  # (B, S, 2), (B, 5)
             extra = torch.cat([extra, station_geo, event[:, None, :].expand(-1, n * n, -1)], dim=-1)  # (B, S, 12)
-        feats = self.station(torch.cat([h, extra[flat_mask]], dim=-1))  # (N_real, C)
-        grid = scatter_real(feats, flat_mask).view(b, n, n, -1).permute(0, 3, 1, 2)  # (B, C, n, n)
+        feats = self.station(torch.cat([h, stations.pack(extra)], dim=-1))  # (N_real, C)
+        grid = stations.unpack(feats).view(b, n, n, -1).permute(0, 3, 1, 2)  # (B, C, n, n)
         grid = self.convs(grid)  # (B, C', n, n)
         return self.head(grid)  # (B, outputs)

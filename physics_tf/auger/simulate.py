@@ -1,8 +1,10 @@
 """A physics-motivated toy of the Pierre Auger surface detector (SD): air showers → station traces.
+Longer than 400 lines because it is one algorithm: the event simulation is a chain of published
+parameterisations that share every intermediate array, and each formula stays next to its citation.
 
 Not a shower simulation: every ingredient is a published parameterisation (cited where it is used) turned into
 random numbers with vectorised numpy, so ~10³ events/s run on one core and a user can later swap in CORSIKA /
-Offline events written in the same layout (see :mod:`physics_tf.auger.data`). Units: g/cm², metres, ns, VEM,
+Offline events written in the same layout (see :mod:`physics_tf.auger.schema`). Units: g/cm², metres, ns, VEM,
 eV; angles in radians.
 
 Per event
@@ -45,13 +47,12 @@ Stored per event: the n×n patch in hexagonal axial coordinates (q, r) centred o
 signal — ``traces`` (N, n, n, T), ``times`` (N, n, n) ns relative to the hottest station, ``signals`` (N, n, n)
 VEM, ``positions`` (N, n, n, 3) metres (x, y relative to the hottest station, z a.s.l.), ``mask`` (N, n, n) —
 and the truth ``energy`` (eV), ``zenith``, ``azimuth``, ``core`` (N, 3), ``xmax``, ``mass_number``,
-``primary`` (index into ``PRIMARIES``). Axial (q, r) → x = d·(q + r/2), y = d·r·√3/2; the six neighbours of a
+``primary`` (index into :data:`~physics_tf.auger.schema.PRIMARIES`). Axial (q, r) → x = d·(q + r/2), y = d·r·√3/2; the six neighbours of a
 station are (±1, 0), (0, ±1), (+1, −1), (−1, +1).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -64,12 +65,11 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.special import ndtr
 
-from physics_tf.data.atomic import atomic_path
+from physics_tf.auger.io import write_hdf5
+from physics_tf.auger.schema import ALTITUDE, C_LIGHT, LN_A, MASS_NUMBER, PRIMARIES, SPACING
+from physics_tf.data import manifest
 
 __all__ = [
-    "PRIMARIES",
-    "LN_A",
-    "MASS_NUMBER",
     "SimConfig",
     "AugerSimulator",
     "gumbel_parameters",
@@ -78,16 +78,10 @@ __all__ = [
     "height_of_depth",
     "axial_to_xy",
     "rise_time",
-    "write_hdf5",
     "run_generate",
 ]
 
 log = logging.getLogger(__name__)
-
-PRIMARIES = ("p", "He", "N", "Fe")
-MASS_NUMBER = np.array([1.0, 4.0, 14.0, 56.0])
-LN_A = np.log(MASS_NUMBER)  # 0, 1.386, 2.639, 4.025
-C_LIGHT = 0.299792458  # m / ns
 
 # --- X_max: De Domenico, Settimo, Riggi, Bertin, JCAP 07 (2013) 050, EPOS-LHC (coefficients of (1, lnA, lnA²))
 _P0 = np.array([775.589, -7.047, -2.427])
@@ -168,8 +162,8 @@ class SimConfig:
     n_bins: int = 120  # trace length in 25 ns bins
     bin_ns: float = 25.0
     pre_trigger_bins: int = 8  # bins before the shower front in each trace
-    spacing: float = 1500.0  # m
-    altitude: float = 1400.0  # m a.s.l.
+    spacing: float = SPACING  # m
+    altitude: float = ALTITUDE  # m a.s.l.
     altitude_spread: float = 15.0  # m, per-station Gaussian spread of the tank altitude
     primaries: Sequence[str] = ("p", "He", "N", "Fe")
     fractions: Sequence[float] | None = None  # None → equal
@@ -445,31 +439,7 @@ def rise_time(traces: np.ndarray, bin_ns: float = 25.0) -> np.ndarray:
     return crossing(0.5) - crossing(0.1)
 
 
-# ---------------------------------------------------------------------- output
-EVENT_FIELDS = ("energy", "zenith", "azimuth", "core", "xmax", "mass_number", "primary")
-STATION_FIELDS = ("traces", "times", "signals", "positions", "mask")
-
-
-def write_hdf5(path: str | Path, events: Mapping[str, np.ndarray], attrs: Mapping[str, Any], chunk: int = 256,
-               trace_dtype: str = "float16") -> Path:
-    """Write one file atomically: station fields and event truth, chunked (≈ one batch per chunk), gzip."""
-    import h5py
-
-    path = Path(path)
-    n = len(events["xmax"])
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for key in STATION_FIELDS + EVENT_FIELDS:
-                arr = np.asarray(events[key])
-                if key == "traces":
-                    arr = arr.astype(trace_dtype)
-                ch = (max(1, min(chunk, n)),) + arr.shape[1:]
-                f.create_dataset(key, data=arr, chunks=ch, compression="gzip", compression_opts=4, shuffle=True)
-            for k, v in attrs.items():
-                f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
-    return path
-
-
+# ---------------------------------------------------------------------- dataset
 def _split_sizes(total: int, per_file: int) -> list[int]:
     sizes = [per_file] * (total // per_file)
     if total % per_file:
@@ -480,11 +450,11 @@ def _split_sizes(total: int, per_file: int) -> list[int]:
 def run_generate(cfg) -> dict[str, Any]:
     """Generate ``{train,val,test}_{i:03d}.h5`` under ``cfg.gen.out_dir`` (``pipelines/generate.py gen=auger_sim``).
 
-    ``cfg.gen``: ``out_dir``, ``n_train``/``n_val``/``n_test``, ``events_per_file``, ``chunk`` (events per HDF5
-    chunk and per simulation batch), ``seed``, ``force``, ``progress``, ``trace_dtype``, ``sim`` (→
-    :class:`SimConfig`). Every (split, file) gets its own seed sequence, so the output is reproducible and
-    does not depend on how many files exist. A ``manifest.json`` records the config; a matching manifest
-    skips the work unless ``force``.
+    ``cfg.gen`` (or ``cfg`` itself): ``out_dir``, ``n_train``/``n_val``/``n_test``, ``events_per_file``, ``chunk``
+    (events per HDF5 chunk and per simulation batch), ``seed``, ``force``, ``progress``, ``trace_dtype``, ``sim``
+    (→ :class:`SimConfig`). Every (split, file) gets its own seed sequence, so the output is reproducible and
+    does not depend on how many files exist. ``manifest.json`` records the config under ``config``
+    (:mod:`physics_tf.data.manifest`); a matching manifest skips the work unless ``force``.
     """
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
@@ -499,36 +469,33 @@ def run_generate(cfg) -> dict[str, Any]:
     seed = int(gen.get("seed", 0))
     trace_dtype = str(gen.get("trace_dtype", "float16"))
     splits = {s: int(gen.get(f"n_{s}", 0)) for s in ("train", "val", "test")}
-    manifest = {"generator": "physics_tf.auger.simulate", "sim": asdict(sim_cfg), "splits": splits, "seed": seed,
-                "events_per_file": per_file, "trace_dtype": trace_dtype}
-    manifest["sim"]["primaries"] = list(sim_cfg.primaries)
-    man_path = out / "manifest.json"
-    if man_path.is_file() and not gen.get("force", False):
-        if json.loads(man_path.read_text()).get("config") == json.loads(json.dumps(manifest)):
-            log.info("%s matches the config; nothing to do (gen.force=true regenerates)", man_path)
-            return json.loads(man_path.read_text())
+    config = {"generator": "physics_tf.auger.simulate", "sim": asdict(sim_cfg), "splits": splits, "seed": seed,
+              "events_per_file": per_file, "trace_dtype": trace_dtype}
+    config["sim"]["primaries"] = list(sim_cfg.primaries)
+    names = {split: [f"{split}_{i:03d}.h5" for i in range(len(_split_sizes(n, per_file)))]
+             for split, n in splits.items()}
+    old = manifest.up_to_date(out, "config", config, [f for fs in names.values() for f in fs],
+                              bool(gen.get("force", False)))
+    if old is not None:
+        return old
+    manifest.start(out)
     total = sum(splits.values())
     t0 = time.perf_counter()
-    files: dict[str, list[str]] = {}
-    bar = tqdm(total=total, unit="ev", desc="auger_sim", disable=not gen.get("progress", True))
-    for s_idx, (split, n_split) in enumerate(splits.items()):
-        files[split] = []
-        for f_idx, n_file in enumerate(_split_sizes(n_split, per_file)):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, s_idx, f_idx]))
-            pieces = []
-            for start in range(0, n_file, chunk):
-                pieces.append(sim.simulate(min(chunk, n_file - start), rng))
-                bar.update(len(pieces[-1]["xmax"]))
-            events = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-            attrs = {"grid_size": sim_cfg.grid_size, "n_bins": sim_cfg.n_bins, "bin_ns": sim_cfg.bin_ns,
-                     "spacing": sim_cfg.spacing, "primaries": list(PRIMARIES), "sim_config": manifest["sim"]}
-            path = write_hdf5(out / f"{split}_{f_idx:03d}.h5", events, attrs, chunk=chunk, trace_dtype=trace_dtype)
-            files[split].append(path.name)
-    bar.close()
+    attrs = {"grid_size": sim_cfg.grid_size, "n_bins": sim_cfg.n_bins, "bin_ns": sim_cfg.bin_ns,
+             "spacing": sim_cfg.spacing, "primaries": list(PRIMARIES), "sim_config": config["sim"]}
+    with tqdm(total=total, unit="ev", desc="auger_sim", disable=not gen.get("progress", True)) as bar:
+        for s_idx, (split, n_split) in enumerate(splits.items()):
+            for f_idx, n_file in enumerate(_split_sizes(n_split, per_file)):
+                rng = np.random.default_rng(np.random.SeedSequence([seed, s_idx, f_idx]))
+                pieces = []
+                for start in range(0, n_file, chunk):
+                    pieces.append(sim.simulate(min(chunk, n_file - start), rng))
+                    bar.update(len(pieces[-1]["xmax"]))
+                events = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+                write_hdf5(out / names[split][f_idx], events, attrs, chunk=chunk, trace_dtype=trace_dtype)
     dt = time.perf_counter() - t0
-    result = {"config": json.loads(json.dumps(manifest)), "files": files, "seconds": round(dt, 2),
+    result = {"config": manifest.as_json(config), "files": names, "seconds": round(dt, 2),
               "events_per_second": round(total / dt, 1) if dt > 0 else None}
-    with atomic_path(man_path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    manifest.write(out, result)
     log.info("auger_sim: %d events in %.1f s (%.0f events/s) → %s", total, dt, total / max(dt, 1e-9), out)
     return result

@@ -38,10 +38,12 @@ from torch import Tensor, nn
 
 from physics_tf.auger.geometry import ShowerGeometry
 from physics_tf.nn.attention import attention_mask
-from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
-from physics_tf.nn.embeddings import scatter_real, sinusoidal_encoding
+from physics_tf.nn.blocks import ClassTokenPool, CrossAttentionBlock, TransformerBlock
+from physics_tf.nn.embeddings import sinusoidal_encoding
+from physics_tf.nn.packing import Packing, left_aligned
 
 __all__ = ["TemporalEncoder", "PerceiverTemporalEncoder", "StationPairBias", "ShowerGeometry", "AugerTransformer"]
+
 
 def patch_tokens(x: Tensor, patch: int, embed: nn.Linear, dim: int) -> Tensor:
     """Trace (N, T) → patch tokens (N, P, D), P = ceil(T / patch) (the last patch zero-padded): a linear map of
@@ -80,14 +82,6 @@ class TemporalEncoder(nn.Module):
             hw = blk(hw, am)  # (N·nw, w, D)
         h = hw.reshape(n, nw * w, self.dim)  # (N, nw·w, D)
         return self.pool(h, real.expand(n, -1))  # (N, D)
-
-
-class CrossAttentionBlock(TransformerBlock):
-    """Pre-LN cross-attention block: queries q (B, K, D) attend to x (B, L, D) (padding masked); q is updated."""
-
-    def forward(self, q: Tensor, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        q = q + self._attend(self.pre_attn_norm(q), self.pre_attn_norm(x), attn_mask)  # (B, K, D)
-        return self._feed_forward(q)
 
 
 class PerceiverTemporalEncoder(nn.Module):
@@ -140,13 +134,6 @@ class StationPairBias(nn.Module):
         dist = diff[..., :2].square().sum(-1).add(1e-12).sqrt()  # (B, Lq, Lk)
         pair = torch.stack([dist, diff[..., 3], diff[..., 4], diff[..., 2]], dim=-1)  # (B, Lq, Lk, 4)
         return self.mlp(pair).permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
-
-
-def pack_real(mask: Tensor) -> Tensor:
-    """(B, S) station mask → (B, L) mask of the packed layout: event b's real stations first, L = largest count."""
-    counts = mask.sum(dim=1)  # (B,)
-    length = max(int(counts.max()), 1)
-    return torch.arange(length, device=mask.device)[None, :] < counts[:, None]  # (B, L)
 
 
 class AugerTransformer(nn.Module):
@@ -204,22 +191,25 @@ class AugerTransformer(nn.Module):
                              f"(B, {self.grid_size}, {self.grid_size}, {self.n_bins})")
         s = n1 * n2
         m = mask.reshape(b, s)  # (B, S)
-        summary = self.temporal(traces.reshape(b, s, t)[m])  # (N_real, Dt)
-        extra = torch.cat([positions, times.unsqueeze(-1), signals.unsqueeze(-1)], dim=-1).reshape(b, s, 5)[m]
-        packed = pack_real(m)  # (B, L): real stations first, L = the batch's largest count
-        extra_packed = scatter_real(extra, packed)  # (B, L, 5)
+        grid = Packing(m)  # the real stations in grid order
+        summary = self.temporal(grid.pack(traces.reshape(b, s, t)))  # (N_real, Dt)
+        extra = grid.pack(torch.cat([positions, times.unsqueeze(-1), signals.unsqueeze(-1)], dim=-1).reshape(b, s, 5))
+        # real stations first, station axis cut to the batch's largest count (not while exporting: a traced
+        # length would be a constant); the same real count per event, so packed rows match the grid's
+        packed = left_aligned(m, trim=not torch.onnx.is_in_onnx_export())  # (B, L)
+        stations = Packing(packed)
+        extra_packed = stations.unpack(extra)  # (B, L, 5)
         inputs, event = extra, extra.new_zeros(b, 0)
         if self.geometry is not None:
             station_geo, event = self.geometry(extra_packed, packed)  # (B, L, 2), (B, 5)
-            event_rows = event[:, None, :].expand(-1, packed.shape[1], -1)[packed]  # (N_real, 5): its event's
-            inputs = torch.cat([extra, station_geo[packed], event_rows], dim=-1)  # (N_real, 12)
-        tok = self.token_proj(summary) + self.station_embed(inputs)  # (N_real, D)
-        x = scatter_real(tok, packed)  # (B, L, D), zeros at padding
+            event_rows = stations.pack(event[:, None, :].expand(-1, packed.shape[1], -1))  # (N_real, 5): its event's
+            inputs = torch.cat([extra, stations.pack(station_geo), event_rows], dim=-1)  # (N_real, 12)
+        h = self.token_proj(summary) + self.station_embed(inputs)  # (N_real, D)
         bias = self.pair_bias(extra_packed) if self.pair_bias is not None else None  # (B, H, L, L)
         am = attention_mask(packed, bias)  # built once for all blocks
-        for blk in self.blocks:  # = blk(x, am) on the real rows; the feed-forward skips the padding
-            x = x + blk._attend(blk.pre_attn_norm(x), None, am)  # (B, L, D)
-            x = scatter_real(blk._feed_forward(x[packed]), packed)  # (B, L, D)
+        for blk in self.blocks:  # token-wise layers on the real stations, attention on the (B, L) layout
+            h = blk(h, am, stations)  # (N_real, D)
+        x = stations.unpack(h)  # (B, L, D), zeros at padding
         weights = packed.to(x.dtype)[..., None]  # (B, L, 1)
         mean = self.mean_norm((x * weights).sum(1) / weights.sum(1).clamp_min(1.0))  # (B, D)
         return self.head(torch.cat([self.pool(x, packed), mean, event], dim=-1))  # (B, outputs)

@@ -30,6 +30,8 @@ class Piece:
 
 def expand_files(patterns: Sequence[str], split: str = "") -> list[str]:
     """Sorted, de-duplicated files matching the glob ``patterns`` (each pattern must match something)."""
+    if isinstance(patterns, (str, os.PathLike)):  # one pattern given as a plain string
+        patterns = [patterns]
     files: list[str] = []
     for pat in patterns:
         hits = sorted(glob.glob(os.path.expanduser(str(pat)), recursive=True))

@@ -81,7 +81,6 @@ class JetDataModule(StreamingDataModule):
         """Sizes the network is built with (``instantiate(cfg.model, **dm.model_dims)``)."""
         return {"input_dim": self.num_features, "num_classes": self.num_classes}
 
-
     # ------------------------------------------------------------------ export hook (no file is read)
     def example_batch(self, batch_size: int, length: int, generator) -> dict:
         """A padded batch of plausible network inputs for ONNX export and model tests
@@ -96,6 +95,7 @@ class JetDataModule(StreamingDataModule):
         from physics_tf.jets.export import DYNAMIC_AXES
 
         return DYNAMIC_AXES
+
     @property
     def task_kwargs(self) -> dict[str, object]:
         """What the task needs to know about the data (``instantiate(cfg.task, net=..., **dm.task_kwargs)``)."""

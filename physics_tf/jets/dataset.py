@@ -22,7 +22,7 @@ metadata before reading:
   again (the way ``torch.utils.data.DistributedSampler`` pads), so with world_size > 1 up to world_size jets
   may be counted twice. With world_size = 1 nothing is repeated.
 
-Jets dropped by :func:`~physics_tf.jets.readers.chunk_to_arrays` (no selected label, zero particles, failed
+Jets dropped by :func:`~physics_tf.jets.features.chunk_to_arrays` (no selected label, zero particles, failed
 selection) are unknown to the metadata; a worker then keeps reading past its region, cyclically within its
 rank's span, until its quota of jets is filled (these jets are seen twice in that epoch; a warning is
 logged). Glob only the files of the selected classes to avoid this. If a whole span yields no jet at all a
@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from physics_tf.jets.features import JetDataConfig
 from physics_tf.data.errors import DataError, EmptyFileError
 from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank
-from physics_tf.jets.readers import ChunkArrays, chunk_to_arrays, make_reader
+from physics_tf.jets.features import ChunkArrays, JetDataConfig, chunk_to_arrays
+from physics_tf.jets.readers import make_reader
 
 __all__ = ["build_pieces", "JetIterableDataset"]
 

@@ -1,172 +1,44 @@
-"""Configuration of the jet data layer (built from ``conf/data/*.yaml``) and the feature-expression engine.
+"""The jet data config (built from ``conf/data/*.yaml``) and the transform of a file chunk into padded arrays.
 
 A feature is defined weaver-core style (Qu et al., weaver-core ``data/config.py``)::
 
     value = clip((expr - subtract) * multiply, lo, hi)
 
-where ``expr`` is a Python expression over file branches (``part_*`` jagged per particle, ``jet_*`` per jet;
-jet-level values broadcast against the particles) and over earlier ``variables``. Only a restricted namespace
-is available: numpy-like ``log, exp, hypot, arctan2, tanh, abs, sqrt, clip, minimum, maximum, where, sign,
-sinh, cosh, arcsinh, pi`` (also spelled ``np.log`` ...), arithmetic, comparisons and ``& | ~``. Expressions are
-parsed with :mod:`ast` and checked before use; the branches they need are the free names.
+where ``expr`` is an expression (:mod:`physics_tf.jets.expressions`) over file branches (``part_*`` jagged per
+particle, ``jet_*`` per jet; jet-level values broadcast against the particles) and over earlier ``variables``.
 
 The published Particle Transformer feature sets (Qu, Li, Qian 2022, arXiv:2202.03772; standardisation in
 ``/work/shared/PHYSICS.md``) are available as :data:`FEATURE_SETS` (``kin`` 7, ``kinpid`` 13, ``full`` 17)
 and written out in ``conf/data/jetclass.yaml``.
+
+:func:`chunk_to_arrays` applies a :class:`JetDataConfig` (label choice, selection, features) to one chunk a
+reader (:mod:`physics_tf.jets.readers`) yielded and pads it to ``pad_length``. Every failure is a one-line
+:class:`~physics_tf.data.errors.DataError` naming the file and the field.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from collections.abc import Mapping
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import awkward as ak
 import numpy as np
 
-from physics_tf.data.errors import ConfigError, UnknownLabelError
+from physics_tf.data.errors import ConfigError, InvalidValueError, MissingFieldError, UnknownLabelError
+from physics_tf.jets.expressions import Expression, FeatureSpec
+from physics_tf.jets.schema import JETCLASS_LABELS, TOPTAGGING_LABELS
 
 __all__ = [
-    "JETCLASS_LABELS",
-    "TOPTAGGING_LABELS",
     "FORMATS",
     "FEATURE_SETS",
     "DEFAULT_VARIABLES",
-    "FeatureSpec",
     "JetDataConfig",
-    "Expression",
+    "ChunkArrays",
+    "chunk_to_arrays",
 ]
 
-#: the 10 one-hot label branches of JetClass, in the published class order.
-JETCLASS_LABELS = (
-    "label_QCD", "label_Hbb", "label_Hcc", "label_Hgg", "label_H4q",
-    "label_Hqql", "label_Zqq", "label_Wqq", "label_Tbqq", "label_Tbl",
-)
-#: label branches the top-tagging reader derives from ``is_signal_new`` (0 -> QCD, 1 -> top).
-TOPTAGGING_LABELS = ("label_QCD", "label_Top")
 FORMATS = {"jetclass_root": JETCLASS_LABELS, "toptagging_h5": TOPTAGGING_LABELS}
-
-_DEFAULT_CLIP = (-5.0, 5.0)
-
-
-def _clip(x, lo, hi):
-    """``clip`` that works on awkward arrays (np.clip is not an awkward ufunc)."""
-    return np.minimum(np.maximum(x, lo), hi)
-
-
-def _where(cond, a, b):
-    if isinstance(cond, ak.Array) or isinstance(a, ak.Array) or isinstance(b, ak.Array):
-        return ak.where(cond, a, b)
-    return np.where(cond, a, b)
-
-
-_FUNCTIONS: dict[str, Any] = {
-    "log": np.log, "exp": np.exp, "hypot": np.hypot, "arctan2": np.arctan2, "tanh": np.tanh,
-    "abs": np.abs, "sqrt": np.sqrt, "clip": _clip, "minimum": np.minimum, "maximum": np.maximum,
-    "where": _where, "sign": np.sign, "sinh": np.sinh, "cosh": np.cosh, "arcsinh": np.arcsinh,
-}
-_CONSTANTS = {"pi": float(np.pi)}
-_ALLOWED_NODES = (
-    ast.Expression, ast.Name, ast.Load, ast.Constant, ast.Call, ast.Attribute, ast.BinOp, ast.UnaryOp,
-    ast.Compare, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.USub, ast.UAdd, ast.Invert,
-    ast.BitAnd, ast.BitOr, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.FloorDiv,
-)
-
-
-class Expression:
-    """A checked, compiled expression over branches.
-
-    Parameters
-    ----------
-    source
-        Python expression text, e.g. ``"log(hypot(part_px, part_py) / jet_pt)"``.
-    where
-        Name of the feature / variable (or ``"selection"``), used as the field in error messages.
-
-    Attributes
-    ----------
-    names : frozenset[str]
-        Free names of the expression (branches / variables it reads).
-    """
-
-    def __init__(self, source: str, where: str):
-        self.source = str(source)
-        try:
-            tree = ast.parse(self.source, mode="eval")
-        except SyntaxError as exc:
-            raise ConfigError("<config>", f"cannot parse expression {self.source!r}: {exc.msg}", where) from None
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if not isinstance(node, _ALLOWED_NODES):
-                raise ConfigError("<config>", f"{type(node).__name__} not allowed in expression {self.source!r}",
-                                  where)
-            if isinstance(node, ast.Attribute):
-                if not (isinstance(node.value, ast.Name) and node.value.id in ("np", "numpy")
-                        and node.attr in _FUNCTIONS | _CONSTANTS):
-                    raise ConfigError("<config>", f"attribute '{ast.unparse(node)}' not allowed in "
-                                      f"expression {self.source!r}", where)
-            elif isinstance(node, ast.Call):
-                if not isinstance(node.func, (ast.Name, ast.Attribute)) or (
-                        isinstance(node.func, ast.Name) and node.func.id not in _FUNCTIONS):
-                    raise ConfigError("<config>", f"call '{ast.unparse(node.func)}' not allowed in expression "
-                                      f"{self.source!r} (allowed: {', '.join(sorted(_FUNCTIONS))})", where)
-                if node.keywords:
-                    raise ConfigError("<config>", f"keyword arguments not allowed in {self.source!r}", where)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id not in _FUNCTIONS and node.id not in _CONSTANTS:
-                # 'np' only appears as the base of an allowed attribute (checked above)
-                parent_is_attr = any(isinstance(p, ast.Attribute) and p.value is node for p in ast.walk(tree))
-                if not parent_is_attr:
-                    names.add(node.id)
-        self.names = frozenset(names)
-        self._code = compile(tree, f"<{where}>", "eval")
-
-    def evaluate(self, values: Mapping[str, Any]):
-        """Evaluate with ``values`` (name -> array) in the restricted namespace."""
-        ns: dict[str, Any] = {"__builtins__": {}, "np": SimpleNamespace(**_FUNCTIONS, **_CONSTANTS),
-                              "numpy": SimpleNamespace(**_FUNCTIONS, **_CONSTANTS), **_FUNCTIONS, **_CONSTANTS}
-        ns.update({k: values[k] for k in self.names})
-        with np.errstate(all="ignore"):  # non-finite results are reported by the caller, naming the field
-            return eval(self._code, ns)  # noqa: S307 - AST-checked, no builtins
-
-    def __repr__(self) -> str:
-        return f"Expression({self.source!r})"
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureSpec:
-    """One input feature: ``clip((expr - subtract) * multiply, *clip)`` (``clip=None``: no clipping)."""
-
-    name: str
-    expr: str
-    subtract: float = 0.0
-    multiply: float = 1.0
-    clip: tuple[float, float] | None = _DEFAULT_CLIP
-
-    @staticmethod
-    def from_any(name: str, spec: Any) -> "FeatureSpec":
-        """From a YAML entry: a mapping ``{expr, subtract, multiply, clip}``, a bare expression string or None
-        (expression = the name itself)."""
-        if spec is None:
-            return FeatureSpec(name, name)
-        if isinstance(spec, str):
-            return FeatureSpec(name, spec)
-        if not isinstance(spec, Mapping):
-            raise ConfigError("<config>", f"feature spec must be a mapping, string or null, got {spec!r}", name)
-        unknown = set(spec) - {"expr", "subtract", "multiply", "clip"}
-        if unknown:
-            raise ConfigError("<config>", f"unknown keys {sorted(unknown)} (allowed: expr, subtract, multiply, "
-                              "clip)", name)
-        clip = spec.get("clip", _DEFAULT_CLIP)
-        if clip is not None:
-            clip = tuple(float(c) for c in clip)
-            if len(clip) != 2 or not clip[0] < clip[1]:
-                raise ConfigError("<config>", f"clip must be [lo, hi] with lo < hi, got {list(clip)}", name)
-        return FeatureSpec(name, str(spec.get("expr", name)), float(spec.get("subtract", 0.0)),
-                           float(spec.get("multiply", 1.0)), clip)
-
 
 #: intermediate per-particle variables available to every feature expression (weaver's ``new_variables``).
 DEFAULT_VARIABLES: dict[str, str] = {"part_pt": "hypot(part_px, part_py)"}
@@ -330,3 +202,180 @@ class JetDataConfig:
         """Build from a plain mapping (e.g. ``OmegaConf.to_container(cfg.data)``); extra keys are ignored."""
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+class ChunkArrays(NamedTuple):
+    """Padded numpy arrays of one chunk (the batch contract, before conversion to torch)."""
+
+    x: np.ndarray  # (N, P, C) float32, padded = 0
+    v: np.ndarray  # (N, P, 4) float32 (px, py, pz, E), padded = 0
+    mask: np.ndarray  # (N, P) bool, True = real particle
+    y: np.ndarray  # (N,) int64 class index
+
+
+def _count(stats, key, n):
+    if stats is not None:
+        stats[key] = stats.get(key, 0) + int(n)
+
+
+def _flat_float(a, n_expected: int, source: str, name: str) -> np.ndarray:
+    """Flatten a per-particle awkward result to a numpy float64 vector of length ``n_expected``."""
+    try:
+        flat = ak.to_numpy(ak.flatten(a, axis=None)).astype(np.float64)
+    except Exception as exc:
+        raise ConfigError(source, f"result is not numeric per particle ({type(exc).__name__}: {exc})",
+                          name) from None
+    if flat.shape[0] != n_expected:
+        raise ConfigError(source, f"expression gives {flat.shape[0]} values, expected one per particle "
+                          f"({n_expected})", name)
+    return flat
+
+
+def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chunk>", entry_start: int = 0,
+                    stats: dict | None = None) -> ChunkArrays:
+    """Apply labels, selection and features of ``cfg`` to one chunk and pad to ``cfg.pad_length``.
+
+    Parameters
+    ----------
+    arrays
+        Chunk from a reader (fields = branch names, ``len`` = jets).
+    cfg
+        Data configuration.
+    source
+        File name used in error messages.
+    entry_start
+        File entry number of the first jet of the chunk (for error messages).
+    stats
+        Optional dict incremented with ``jets_read``, ``jets_kept``, ``dropped_unlabelled``,
+        ``dropped_no_particles``, ``dropped_selection``.
+
+    Returns
+    -------
+    ChunkArrays
+        ``(x (N, P, C) float32, v (N, P, 4) float32, mask (N, P) bool, y (N,) int64)``; the N surviving
+        jets in file order, particles in file order (pT-ordered), truncated / zero-padded to P.
+
+    Notes
+    -----
+    Jets are skipped (and counted) when none of the selected labels is set (label subsets), when they
+    hold zero particles, or when ``cfg.selection`` is False. More than one selected label set, a non-finite
+    label, or a NaN/inf feature / vector value raise :class:`DataError` naming the field.
+    """
+    n = len(arrays)
+    fields = set(arrays.fields)
+    for b in sorted(cfg.needed_branches()):
+        if b not in fields:
+            raise MissingFieldError(source, "branch not found", b)
+    _count(stats, "jets_read", n)
+    P, C = cfg.pad_length, cfg.num_features
+    entries = np.arange(entry_start, entry_start + n)
+
+    # ---- labels: one-hot over the selected label branches
+    lab = np.empty((n, cfg.num_classes), np.float64)
+    for k, name in enumerate(cfg.labels):
+        col = ak.to_numpy(arrays[name]).astype(np.float64)
+        if not np.isfinite(col).all():
+            bad = entries[~np.isfinite(col)]
+            raise InvalidValueError(source, f"non-finite label value at entry {bad[0]}", name)
+        lab[:, k] = col
+    on = lab != 0
+    n_on = on.sum(axis=1)
+    if (n_on > 1).any():
+        i = int(np.argmax(n_on > 1))
+        names = [cfg.labels[k] for k in np.nonzero(on[i])[0]]
+        raise InvalidValueError(source, f"entry {entries[i]} has several labels set: {names}", names[0])
+    keep = n_on == 1
+    _count(stats, "dropped_unlabelled", (~keep).sum())
+
+    counts_all = ak.to_numpy(ak.num(arrays[cfg.vectors[0]], axis=1))
+    empty = keep & (counts_all == 0)
+    _count(stats, "dropped_no_particles", empty.sum())
+    keep &= counts_all > 0
+
+    arr = arrays[keep]
+    y = np.argmax(on[keep], axis=1).astype(np.int64)
+    entries = entries[keep]
+
+    # ---- variables (only those needed), then selection
+    values: dict[str, object] = {f: arr[f] for f in arr.fields}
+    for name, expr in cfg.variable_exprs.items():
+        if expr.names <= values.keys():
+            values[name] = expr.evaluate(values)
+    if cfg.selection_expr is not None:
+        sel = cfg.selection_expr.evaluate(values)
+        try:
+            sel = np.asarray(ak.to_numpy(sel) if isinstance(sel, ak.Array) else sel, dtype=bool)
+        except Exception:
+            raise ConfigError(source, "selection must give one boolean per jet", "selection") from None
+        sel = np.broadcast_to(sel, (len(arr),))
+        _count(stats, "dropped_selection", (~sel).sum())
+        arr, y, entries = arr[sel], y[sel], entries[sel]
+        values = {k: (v[sel] if isinstance(v, (ak.Array, np.ndarray)) and len(v) == len(sel) else v)
+                  for k, v in values.items()}
+    N = len(arr)
+    _count(stats, "jets_kept", N)
+
+    # ---- padding indices (shared by every per-particle quantity)
+    template = arr[cfg.vectors[0]]
+    counts = ak.to_numpy(ak.num(template, axis=1)).astype(np.int64)
+    total = int(counts.sum())
+    take = np.minimum(counts, P)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if N else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(N), take)
+    cols = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
+    src = np.repeat(starts, take) + cols
+    particle_jet = np.repeat(np.arange(N), counts)
+
+    def check_finite(flat, name, inputs=()):
+        if flat.size and not np.isfinite(flat).all():
+            # blame an input branch that is itself non-finite, else the derived quantity
+            for b in sorted(inputs):
+                if b in arr.fields:
+                    bf = _flat_float(ak.broadcast_arrays(arr[b], template)[0], total, source, b)
+                    if not np.isfinite(bf).all():
+                        name, flat = b, bf
+                        break
+            bad = ~np.isfinite(flat)
+            first = int(entries[particle_jet[np.argmax(bad)]])
+            raise InvalidValueError(source, f"{int(bad.sum())} non-finite value(s) (NaN/inf), first at entry "
+                                    f"{first}", name)
+
+    def inputs_of(expr):
+        out, pending = set(), list(expr.names)
+        while pending:
+            nm = pending.pop()
+            if nm in cfg.variable_exprs and nm not in out:
+                pending.extend(cfg.variable_exprs[nm].names)
+            out.add(nm)
+        return out
+
+    # features are gathered column by column into one (kept particles, C) matrix, then scattered into the
+    # padded (N, P, C) array in one row-wise pass (C contiguous values per particle, not C strided passes)
+    dest = rows * P + cols  # (kept particles,) row of the flattened (N·P) particle axis
+    vals = np.empty((len(src), C), np.float32)  # (kept particles, C)
+    for c, (spec, expr) in enumerate(zip(cfg.feature_specs, cfg.feature_exprs)):
+        res = expr.evaluate(values)
+        if not isinstance(res, ak.Array) or res.ndim < 2:
+            res = ak.broadcast_arrays(res, template)[0]  # jet-level / constant -> per particle
+        flat = _flat_float(res, total, source, spec.name)
+        check_finite(flat, spec.name, inputs_of(expr))
+        val = (flat - spec.subtract) * spec.multiply
+        if spec.clip is not None:
+            val = np.clip(val, spec.clip[0], spec.clip[1])
+        vals[:, c] = val[src]
+    x = np.zeros((N * P, C), np.float32)
+    x[dest] = vals
+    x = x.reshape(N, P, C)  # (N, P, C)
+
+    vecs = np.empty((len(src), 4), np.float32)
+    for c, name in enumerate(cfg.vectors):
+        flat = _flat_float(arr[name], total, source, name)
+        check_finite(flat, name)
+        vecs[:, c] = flat[src]
+    v = np.zeros((N * P, 4), np.float32)
+    v[dest] = vecs
+    v = v.reshape(N, P, 4)  # (N, P, 4) = (px, py, pz, E)
+
+    mask = np.zeros((N, P), bool)  # (N, P)
+    mask[rows, cols] = True
+    return ChunkArrays(x, v, mask, y)

@@ -11,7 +11,8 @@ transverse momentum pT, rapidity y, azimuth φ, four-momentum p = (px, py, pz, E
 and the features are (ln kT, ln z, ln Δ, ln m²), each argument clamped at ``eps`` before the log (so Δ = 0 on the
 diagonal gives ln eps, as in the reference). All four are symmetric in (a, b): they are computed once per
 forward on the lower triangle (a ≥ b) and only for pairs of two real particles, embedded, and scattered to both
-triangles of the (B, H, L, L) bias.
+triangles of the (B, H, L, L) bias (under ``torch.onnx.export`` through a (B, L, L, H) layout, which the exporter
+can express).
 """
 
 from __future__ import annotations
@@ -148,10 +149,17 @@ class PairEmbedding(nn.Module):
         kin = _kinematics(v).reshape(B * L, 7)  # per particle once, not per pair
         feats = _pair_features_kin(kin[batch * L + a], kin[batch * L + b], self.eps)  # (N_pairs, 4)
         emb = self._train_mlp(feats) if self.training else self._eval_mlp(feats)  # (N_pairs, H)
-        bias = emb.new_zeros(B, self.num_heads, L, L)  # (B, H, L, L)
-        if key_mask_value is not None:
+        if torch.onnx.is_in_onnx_export():
+            # the exporter cannot index around a slice: scatter with consecutive advanced indices, then permute
+            bias = emb.new_zeros(B, L, L, self.num_heads)  # (B, L, L, H)
+            bias[batch, a, b] = emb
+            bias[batch, b, a] = emb
+            bias = bias.permute(0, 3, 1, 2)  # (B, H, L, L)
+        else:
+            bias = emb.new_zeros(B, self.num_heads, L, L)  # (B, H, L, L)
+            bias[batch, :, a, b] = emb  # advanced indices around a slice: the indexed view is (N_pairs, H)
+            bias[batch, :, b, a] = emb
+        if key_mask_value is not None:  # padded keys are never real pairs: no overlap with the scattered bias
             keep = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
             bias.masked_fill_(~keep[:, None, None, :], key_mask_value)
-        bias[batch, :, a, b] = emb  # advanced indices around a slice: the indexed view is (N_pairs, H)
-        bias[batch, :, b, a] = emb
         return bias

@@ -32,16 +32,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from physics_tf.nn.attention import Packing, attention_mask
-from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
-from physics_tf.nn.embeddings import ParticleEmbedding
 from physics_tf.jets.pairwise import PairEmbedding
-
-
-def trim_to_longest(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """Cut the particle axis (dim 1) of ``mask`` (B, P) and ``tensors`` (B, P, ...) to the longest real set."""
-    length = max(int(mask.sum(dim=1).max()), 1)
-    return (mask[:, :length], *(t[:, :length] for t in tensors))
+from physics_tf.nn.attention import attention_mask
+from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
+from physics_tf.nn.embeddings import ParticleEmbedding
+from physics_tf.nn.packing import Packing, trim_to_longest
+from physics_tf.nn.state_keys import accept_legacy_state_keys, rename_legacy_key
 
 
 def random_trim(mask: Tensor, *tensors: Tensor, quantile_range: tuple[float, float] = (0.9, 1.02)) -> tuple[Tensor, ...]:
@@ -65,12 +61,20 @@ def random_trim(mask: Tensor, *tensors: Tensor, quantile_range: tuple[float, flo
 
 def from_weaver_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """A weaver-core ``ParticleTransformer`` state dict (version 1, the default) under physics_tf's names, for
-    ``ParticleTransformer.load_state_dict``; the pair MLP's 1×1 conv kernels become Linear weights."""
+    ``ParticleTransformer.load_state_dict``; the pair MLP's 1×1 conv kernels become Linear weights.
+
+    weaver-core keeps the class token, class blocks and final norm on the model (``cls_token``, ``cls_blocks.N.*``,
+    ``norm.*``) — physics_tf's pre-pool names, renamed by :attr:`ParticleTransformer.LEGACY_STATE_KEYS` — and its
+    blocks' ``nn.MultiheadAttention`` names the packed Q, K, V projection ``in_proj_weight`` / ``in_proj_bias``.
+    """
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
         key = key.replace("pair_embed.embed.", "pair_embed.mlp.").replace("embed.embed.", "embed.mlp.")
         key = key.replace(".c_attn", ".attn.head_scale").replace(".w_resid", ".resid_scale")
+        key = key.replace(".attn.in_proj_weight", ".attn.in_proj.weight").replace(".attn.in_proj_bias",
+                                                                                 ".attn.in_proj.bias")
+        key = rename_legacy_key(key, ParticleTransformer.LEGACY_STATE_KEYS)
         out[key] = value.squeeze(-1) if key.startswith("pair_embed.mlp.") and value.dim() == 3 else value
     return out
 
@@ -89,7 +93,13 @@ class ParticleTransformer(nn.Module):
     trim: cut each batch to its longest real jet and run the token-wise layers on the packed real particles.
     train_trim_quantiles: in training, additionally trim like the reference implementation (see
     :func:`random_trim`; default (0.9, 1.02) as in weaver-core); None keeps every particle in training.
+
+    Under ``torch.onnx.export`` the batch is not trimmed and the layers run on the dense (B, P) layout (a trimmed
+    length would be traced as a constant); padding is masked, so the function is the same.
     """
+
+    # before the class-token pooling was shared (ClassTokenPool), these lived on the model itself
+    LEGACY_STATE_KEYS = {"cls_token": "pool.cls_token", "cls_blocks": "pool.blocks", "norm": "pool.norm"}
 
     def __init__(
         self,
@@ -122,20 +132,17 @@ class ParticleTransformer(nn.Module):
             TransformerBlock(**block, dropout=dropout, attn_dropout=attn_dropout, activation_dropout=activation_dropout)
             for _ in range(num_layers)
         )
-        self.cls_blocks = nn.ModuleList(
-            ClassAttentionBlock(**block, dropout=cls_dropout, attn_dropout=cls_dropout, activation_dropout=cls_dropout,
-                                norm_query=False)
-            for _ in range(num_cls_layers)
-        )
-        self.norm = nn.LayerNorm(dim)
+        # the reference draws its class token after the head: the pool leaves it to us (same weights for a seed)
+        self.pool = ClassTokenPool(**block, num_layers=num_cls_layers, dropout=cls_dropout, norm_query=False,
+                                   init_token=False, cast_token=False)
         head: list[nn.Module] = []
         for width in fc_dims:
             head += [nn.Linear(dim, width), nn.ReLU()]
             dim = width
         self.fc = nn.Sequential(*head, nn.Linear(dim, num_classes))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed.out_dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pool.cls_token, std=0.02)
         self.reset_parameters_like_reference()
+        accept_legacy_state_keys(self)
 
     @torch.no_grad()
     def reset_parameters_like_reference(self) -> None:
@@ -154,9 +161,6 @@ class ParticleTransformer(nn.Module):
             block.attn.out_proj.weight.div_(math.sqrt(2.0 * layer_id))
             block.fc2.weight.div_(math.sqrt(2.0 * layer_id))
 
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
-
     def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x (B, P, C) features, v (B, P, 4) four-vectors (px, py, pz, E), mask (B, P) True = real → (B, classes)."""
         if mask is None:
@@ -164,20 +168,21 @@ class ParticleTransformer(nn.Module):
         mask = mask.bool()
         if self.pair_embed is not None and v is None:
             raise ValueError("ParticleTransformer with use_interaction=True needs the four-vectors v (B, P, 4)")
-        if self.trim:
+        trim = self.trim and not torch.onnx.is_in_onnx_export()
+        if trim:
             extra = [v] if v is not None else []
             if self.training and self.train_trim_quantiles is not None:
                 mask, x, *extra = random_trim(mask, x, *extra, quantile_range=self.train_trim_quantiles)
             mask, x, *extra = trim_to_longest(mask, x, *extra)
             v = extra[0] if extra else None
-        if self.pair_embed is not None and self.trim:  # bias + padding mask in one (B, H, L, L) tensor, for all blocks
+        if self.pair_embed is not None and trim:  # bias + padding mask in one (B, H, L, L) tensor, for all blocks
             attn_mask = self.pair_embed(v, mask, key_mask_value=float("-inf"))
-        else:  # (the untrimmed path is the one ONNX export traces, with its own pair-embedding forward)
+        else:  # (the untrimmed path is the one ONNX export traces)
             attn_mask = attention_mask(mask, self.pair_embed(v, mask) if self.pair_embed is not None else None)
         device = x.device.type
         if attn_mask.is_floating_point() and hasattr(torch, "get_autocast_dtype") and torch.is_autocast_enabled(device):
             attn_mask = attn_mask.to(torch.get_autocast_dtype(device))  # once, not in every block
-        if self.trim:  # token-wise layers on the real particles only; attention unpacks
+        if trim:  # token-wise layers on the real particles only; attention unpacks
             packing = Packing(mask)
             h = self.embed.forward_packed(packing.pack(x))  # (N_real, d)
             for block in self.blocks:
@@ -187,7 +192,4 @@ class ParticleTransformer(nn.Module):
             h = self.embed(x, mask)  # (B, L, d)
             for block in self.blocks:
                 h = block(h, attn_mask)  # (B, L, d)
-        x_cls = self.cls_token.expand(h.shape[0], -1, -1)  # (B, 1, d)
-        for block in self.cls_blocks:
-            x_cls = block(x_cls, h, mask)  # (B, 1, d)
-        return self.fc(self.norm(x_cls.squeeze(1)))  # (B, classes)
+        return self.fc(self.pool(h, mask))  # (B, classes)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from physics_tf.nn.embeddings import scatter_real
+from physics_tf.nn.packing import Packing
 
 
 def _mlp(dims: Sequence[int], input_dim: int) -> tuple[nn.Sequential, int]:
@@ -47,5 +47,6 @@ class ParticleFlowNetwork(nn.Module):
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         mask = mask.bool()
-        phi = scatter_real(self.phi(self.input_bn(x[mask])), mask)  # (B, P, latent), zero at padding
+        packing = Packing(mask)
+        phi = packing.unpack(self.phi(self.input_bn(packing.pack(x))))  # (B, P, latent), zero at padding
         return self.out(self.f(phi.sum(dim=1)))  # (B, classes)

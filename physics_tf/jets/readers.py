@@ -1,4 +1,4 @@
-"""Streaming readers for jet files and the conversion of a chunk to padded numpy arrays.
+"""Streaming readers for jet files: JetClass ROOT and top-tagging HDF5, chunk by chunk.
 
 Two on-disk layouts are read chunk by chunk (never a whole file at once):
 
@@ -12,10 +12,10 @@ Two on-disk layouts are read chunk by chunk (never a whole file at once):
   constituent sum; zero-padded slots (E = 0) are dropped; ``label_QCD`` / ``label_Top`` come from
   ``is_signal_new``.
 
-Both readers yield :class:`awkward.Array` records whose fields are branch names; :func:`chunk_to_arrays`
-then applies the label choice, the selection and the feature expressions of a :class:`JetDataConfig` and
-pads to ``pad_length``. Every failure becomes a one-line :class:`~physics_tf.data.errors.DataError` naming
-the file and the field.
+Both readers yield :class:`awkward.Array` records whose fields are branch names;
+:func:`physics_tf.jets.features.chunk_to_arrays` then applies the label choice, the selection and the feature
+expressions of a :class:`~physics_tf.jets.features.JetDataConfig` and pads to ``pad_length``. Every failure
+becomes a one-line :class:`~physics_tf.data.errors.DataError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -24,26 +24,23 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
 
 import awkward as ak
 import numpy as np
 
-from physics_tf.jets.features import JetDataConfig
 from physics_tf.data.errors import (
     ConfigError,
     CorruptFileError,
     DataError,
-    InvalidValueError,
     MissingFieldError,
 )
+from physics_tf.jets.features import JetDataConfig
+from physics_tf.jets.schema import wrap_phi
 
 __all__ = [
     "JetClassRootReader",
     "TopTaggingH5Reader",
     "make_reader",
-    "chunk_to_arrays",
-    "ChunkArrays",
     "TOPTAGGING_BRANCHES",
 ]
 
@@ -141,11 +138,6 @@ _CONST_RE = re.compile(r"^(E|PX|PY|PZ)_(\d+)$")
 
 def _decode(items) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in items]
-
-
-def _wrap_phi(dphi):
-    """Map an angle difference to [-pi, pi)."""
-    return (dphi + np.pi) % (2 * np.pi) - np.pi
 
 
 class TopTaggingH5Reader:
@@ -260,7 +252,7 @@ class TopTaggingH5Reader:
             phi = np.arctan2(py, px)
         # JetClass convention: part_deta = sign(jet_eta) * (eta - jet_eta)
         deta = np.sign(jeta)[:, None] * (eta - jeta[:, None])
-        dphi = _wrap_phi(phi - jphi[:, None])
+        dphi = wrap_phi(phi - jphi[:, None])
 
         def jag(a):  # keep only real constituents, in file (pT) order
             return ak.unflatten(a[real].astype(np.float32), counts)
@@ -292,181 +284,3 @@ def make_reader(path: str | os.PathLike, cfg: JetDataConfig, branches=None):
     if cfg.format == "toptagging_h5":
         return TopTaggingH5Reader(path, branches)
     raise ConfigError("<config>", f"unknown format {cfg.format!r}", "format")
-
-
-# ------------------------------------------------------------------------------------ chunk -> arrays
-class ChunkArrays(NamedTuple):
-    """Padded numpy arrays of one chunk (the batch contract, before conversion to torch)."""
-
-    x: np.ndarray  # (N, P, C) float32, padded = 0
-    v: np.ndarray  # (N, P, 4) float32 (px, py, pz, E), padded = 0
-    mask: np.ndarray  # (N, P) bool, True = real particle
-    y: np.ndarray  # (N,) int64 class index
-
-
-def _count(stats, key, n):
-    if stats is not None:
-        stats[key] = stats.get(key, 0) + int(n)
-
-
-def _flat_float(a, n_expected: int, source: str, name: str) -> np.ndarray:
-    """Flatten a per-particle awkward result to a numpy float64 vector of length ``n_expected``."""
-    try:
-        flat = ak.to_numpy(ak.flatten(a, axis=None)).astype(np.float64)
-    except Exception as exc:
-        raise ConfigError(source, f"result is not numeric per particle ({type(exc).__name__}: {exc})",
-                          name) from None
-    if flat.shape[0] != n_expected:
-        raise ConfigError(source, f"expression gives {flat.shape[0]} values, expected one per particle "
-                          f"({n_expected})", name)
-    return flat
-
-
-def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chunk>", entry_start: int = 0,
-                    stats: dict | None = None) -> ChunkArrays:
-    """Apply labels, selection and features of ``cfg`` to one chunk and pad to ``cfg.pad_length``.
-
-    Parameters
-    ----------
-    arrays
-        Chunk from a reader (fields = branch names, ``len`` = jets).
-    cfg
-        Data configuration.
-    source
-        File name used in error messages.
-    entry_start
-        File entry number of the first jet of the chunk (for error messages).
-    stats
-        Optional dict incremented with ``jets_read``, ``jets_kept``, ``dropped_unlabelled``,
-        ``dropped_no_particles``, ``dropped_selection``.
-
-    Returns
-    -------
-    ChunkArrays
-        ``(x (N, P, C) float32, v (N, P, 4) float32, mask (N, P) bool, y (N,) int64)``; the N surviving
-        jets in file order, particles in file order (pT-ordered), truncated / zero-padded to P.
-
-    Notes
-    -----
-    Jets are skipped (and counted) when none of the selected labels is set (label subsets), when they
-    hold zero particles, or when ``cfg.selection`` is False. More than one selected label set, a non-finite
-    label, or a NaN/inf feature / vector value raise :class:`DataError` naming the field.
-    """
-    n = len(arrays)
-    fields = set(arrays.fields)
-    for b in sorted(cfg.needed_branches()):
-        if b not in fields:
-            raise MissingFieldError(source, "branch not found", b)
-    _count(stats, "jets_read", n)
-    P, C = cfg.pad_length, cfg.num_features
-    entries = np.arange(entry_start, entry_start + n)
-
-    # ---- labels: one-hot over the selected label branches
-    lab = np.empty((n, cfg.num_classes), np.float64)
-    for k, name in enumerate(cfg.labels):
-        col = ak.to_numpy(arrays[name]).astype(np.float64)
-        if not np.isfinite(col).all():
-            bad = entries[~np.isfinite(col)]
-            raise InvalidValueError(source, f"non-finite label value at entry {bad[0]}", name)
-        lab[:, k] = col
-    on = lab != 0
-    n_on = on.sum(axis=1)
-    if (n_on > 1).any():
-        i = int(np.argmax(n_on > 1))
-        names = [cfg.labels[k] for k in np.nonzero(on[i])[0]]
-        raise InvalidValueError(source, f"entry {entries[i]} has several labels set: {names}", names[0])
-    keep = n_on == 1
-    _count(stats, "dropped_unlabelled", (~keep).sum())
-
-    counts_all = ak.to_numpy(ak.num(arrays[cfg.vectors[0]], axis=1))
-    empty = keep & (counts_all == 0)
-    _count(stats, "dropped_no_particles", empty.sum())
-    keep &= counts_all > 0
-
-    arr = arrays[keep]
-    y = np.argmax(on[keep], axis=1).astype(np.int64)
-    entries = entries[keep]
-
-    # ---- variables (only those needed), then selection
-    values: dict[str, object] = {f: arr[f] for f in arr.fields}
-    for name, expr in cfg.variable_exprs.items():
-        if expr.names <= values.keys():
-            values[name] = expr.evaluate(values)
-    if cfg.selection_expr is not None:
-        sel = cfg.selection_expr.evaluate(values)
-        try:
-            sel = np.asarray(ak.to_numpy(sel) if isinstance(sel, ak.Array) else sel, dtype=bool)
-        except Exception:
-            raise ConfigError(source, "selection must give one boolean per jet", "selection") from None
-        sel = np.broadcast_to(sel, (len(arr),))
-        _count(stats, "dropped_selection", (~sel).sum())
-        arr, y, entries = arr[sel], y[sel], entries[sel]
-        values = {k: (v[sel] if isinstance(v, (ak.Array, np.ndarray)) and len(v) == len(sel) else v)
-                  for k, v in values.items()}
-    N = len(arr)
-    _count(stats, "jets_kept", N)
-
-    # ---- padding indices (shared by every per-particle quantity)
-    template = arr[cfg.vectors[0]]
-    counts = ak.to_numpy(ak.num(template, axis=1)).astype(np.int64)
-    total = int(counts.sum())
-    take = np.minimum(counts, P)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if N else np.zeros(0, np.int64)
-    rows = np.repeat(np.arange(N), take)
-    cols = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
-    src = np.repeat(starts, take) + cols
-    particle_jet = np.repeat(np.arange(N), counts)
-
-    def check_finite(flat, name, inputs=()):
-        if flat.size and not np.isfinite(flat).all():
-            # blame an input branch that is itself non-finite, else the derived quantity
-            for b in sorted(inputs):
-                if b in arr.fields:
-                    bf = _flat_float(ak.broadcast_arrays(arr[b], template)[0], total, source, b)
-                    if not np.isfinite(bf).all():
-                        name, flat = b, bf
-                        break
-            bad = ~np.isfinite(flat)
-            first = int(entries[particle_jet[np.argmax(bad)]])
-            raise InvalidValueError(source, f"{int(bad.sum())} non-finite value(s) (NaN/inf), first at entry "
-                                    f"{first}", name)
-
-    def inputs_of(expr):
-        out, pending = set(), list(expr.names)
-        while pending:
-            nm = pending.pop()
-            if nm in cfg.variable_exprs and nm not in out:
-                pending.extend(cfg.variable_exprs[nm].names)
-            out.add(nm)
-        return out
-
-    # features are gathered column by column into one (kept particles, C) matrix, then scattered into the
-    # padded (N, P, C) array in one row-wise pass (C contiguous values per particle, not C strided passes)
-    dest = rows * P + cols  # (kept particles,) row of the flattened (N·P) particle axis
-    vals = np.empty((len(src), C), np.float32)  # (kept particles, C)
-    for c, (spec, expr) in enumerate(zip(cfg.feature_specs, cfg.feature_exprs)):
-        res = expr.evaluate(values)
-        if not isinstance(res, ak.Array) or res.ndim < 2:
-            res = ak.broadcast_arrays(res, template)[0]  # jet-level / constant -> per particle
-        flat = _flat_float(res, total, source, spec.name)
-        check_finite(flat, spec.name, inputs_of(expr))
-        val = (flat - spec.subtract) * spec.multiply
-        if spec.clip is not None:
-            val = np.clip(val, spec.clip[0], spec.clip[1])
-        vals[:, c] = val[src]
-    x = np.zeros((N * P, C), np.float32)
-    x[dest] = vals
-    x = x.reshape(N, P, C)  # (N, P, C)
-
-    vecs = np.empty((len(src), 4), np.float32)
-    for c, name in enumerate(cfg.vectors):
-        flat = _flat_float(arr[name], total, source, name)
-        check_finite(flat, name)
-        vecs[:, c] = flat[src]
-    v = np.zeros((N * P, 4), np.float32)
-    v[dest] = vecs
-    v = v.reshape(N, P, 4)  # (N, P, 4) = (px, py, pz, E)
-
-    mask = np.zeros((N, P), bool)  # (N, P)
-    mask[rows, cols] = True
-    return ChunkArrays(x, v, mask, y)

@@ -226,7 +226,6 @@ class LightCurveDataModule(pl.LightningDataModule):
     def model_dims(self) -> dict[str, int]:
         return {"num_classes": len(self.classes), "meta_dim": len(self.meta_features), "num_bands": 6}
 
-
     # ------------------------------------------------------------------ export hook (no file is read)
     def example_batch(self, batch_size: int, length: int, generator) -> dict:
         """A padded batch of plausible network inputs for ONNX export and model tests
@@ -241,6 +240,7 @@ class LightCurveDataModule(pl.LightningDataModule):
         from physics_tf.lightcurves.export import DYNAMIC_AXES
 
         return DYNAMIC_AXES
+
     @property
     def task_kwargs(self) -> dict[str, object]:
         return {"class_names": list(self.class_names), "class_codes": list(self.classes)}
@@ -250,7 +250,7 @@ class LightCurveDataModule(pl.LightningDataModule):
         spec = self.files.get(split)
         if not spec:
             return None
-        if isinstance(spec, str):
+        if isinstance(spec, (str, os.PathLike)):
             return os.path.expanduser(spec)
         if not isinstance(spec, Mapping) or not {"lightcurves", "metadata"} <= set(spec):
             raise ConfigError("<config>", "expected a .h5 path or {lightcurves: csv, metadata: csv}", f"files.{split}")
@@ -261,7 +261,7 @@ class LightCurveDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Convert CSV splits to HDF5 (once; redone when the CSV is newer than the HDF5 file)."""
         for split, spec in self.files.items():
-            if not spec or isinstance(spec, str):
+            if not spec or isinstance(spec, (str, os.PathLike)):
                 continue
             out = Path(self._h5_path(split))
             csv, meta = (Path(os.path.expanduser(spec[k])) for k in ("lightcurves", "metadata"))

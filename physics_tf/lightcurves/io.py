@@ -1,4 +1,6 @@
 """Light curves in the PLAsTiCC layout: CSV readers, our HDF5 layout, CSV → HDF5 conversion, padding.
+Longer than 400 lines because the CSV reader, the HDF5 layout and the conversion between them share one
+in-memory form (:class:`LightCurves`) and one set of checks that name file, column and object id.
 
 PLAsTiCC files (The PLAsTiCC team 2018, arXiv 1810.00001; see ``shared/PHYSICS.md``)
 ---------------------------------------------------------------------------------

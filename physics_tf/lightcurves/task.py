@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from physics_tf.tasks.metrics import PredictionAccumulator
 from physics_tf.tasks.classification import ClassificationTask
+from physics_tf.tasks.metrics import PredictionAccumulator, accuracy, balanced_accuracy
 
-__all__ = ["PLASTICC_WEIGHTS", "plasticc_weighted_logloss", "balanced_accuracy", "LightCurveClassificationTask"]
+__all__ = ["PLASTICC_WEIGHTS", "plasticc_weighted_logloss", "LightCurveClassificationTask"]
 
 PLASTICC_WEIGHTS = {15: 2.0, 64: 2.0, 99: 2.0}
 
@@ -55,14 +55,6 @@ def plasticc_weighted_logloss(probs, labels, class_codes: Sequence[int], eps: fl
     return num / den if den else float("nan")
 
 
-def balanced_accuracy(probs, labels) -> float:
-    """Mean over the classes present in ``labels`` of the recall P(argmax = k | true k)."""
-    pred = np.asarray(probs).argmax(axis=1)
-    y = np.asarray(labels)
-    recalls = [float((pred[y == k] == k).mean()) for k in np.unique(y)]
-    return float(np.mean(recalls)) if recalls else float("nan")
-
-
 def _codes_from_names(names: Sequence[str]) -> list[int]:
     codes = []
     for n in names:
@@ -76,27 +68,36 @@ def _codes_from_names(names: Sequence[str]) -> list[int]:
 class LightCurveClassificationTask(ClassificationTask):
     """:class:`ClassificationTask` for light curves (net: ``forward(flux, flux_err, time, band, mask, meta)``).
 
-    Parameters (besides the parent's)
+    Parameters (besides the head's)
     ----------
     class_codes
         PLAsTiCC code of every class (data module ``task_kwargs``); default: parsed from names ``"<name>_<code>"``.
     early_days
         Days after the first detection at which the early-classification curve is evaluated (empty: none).
+    background, rejection_effs
+        Jet-tagging settings that configs and checkpoints written before the move carried (as ``null`` and
+        ``[]``); accepted so those still build this task, and refused when set, since light curves have no
+        background class.
     """
 
+    COUNT_KEY = "num_objects"
+
     def __init__(self, net: nn.Module, class_names: Sequence[str], class_codes: Sequence[int] | None = None,
-                 early_days: Sequence[float] = (0, 5, 10, 20, 50, 100), **kwargs) -> None:
-        kwargs.setdefault("background", None)
-        kwargs.setdefault("rejection_effs", ())
-        super().__init__(net, class_names, **kwargs)
-        self.class_codes = [int(c) for c in class_codes] if class_codes is not None else _codes_from_names(class_names)
-        if len(self.class_codes) != len(self.class_names):
-            raise ValueError(f"class_codes {self.class_codes} do not match class_names {self.class_names}")
-        self.early_days = [float(d) for d in early_days]
+                 early_days: Sequence[float] = (0, 5, 10, 20, 50, 100), background: str | int | None = None,
+                 rejection_effs: Sequence[float] = (), **kwargs) -> None:
+        if background is not None or len(rejection_effs):
+            raise ValueError(f"background={background!r}, rejection_effs={list(rejection_effs)}: jet-tagging "
+                             "settings; light-curve classification has no background class")
         # plain Python in the checkpoint (Hydra hands over ListConfigs, which torch.load(weights_only=True) refuses)
-        self.hparams["class_codes"] = list(self.class_codes)
-        self.hparams["early_days"] = list(self.early_days)
-        self.early_outputs = nn.ModuleList(PredictionAccumulator() for _ in self.early_days)
+        class_codes = [int(c) for c in class_codes] if class_codes is not None else _codes_from_names(class_names)
+        early_days = [float(d) for d in early_days]
+        rejection_effs = []
+        super().__init__(net, class_names, **kwargs)
+        if len(class_codes) != len(self.class_names):
+            raise ValueError(f"class_codes {class_codes} do not match class_names {self.class_names}")
+        self.class_codes = class_codes
+        self.early_days = early_days
+        self.early_outputs = nn.ModuleList(PredictionAccumulator("probs", "labels") for _ in self.early_days)
         self._early_results: list[tuple[np.ndarray, np.ndarray]] = []
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -107,55 +108,57 @@ class LightCurveClassificationTask(ClassificationTask):
             for acc, days in zip(self.early_outputs, self.early_days):
                 truncated = dict(batch)
                 truncated["mask"] = batch["mask"].bool() & (batch["time"] <= first + days)  # (B, L)
-                acc.update(self._logits(truncated).float().softmax(dim=-1), y)
+                acc.update(probs=self._logits(truncated).float().softmax(dim=-1), labels=y)
         return loss
 
     def on_test_epoch_end(self) -> None:
         self._early_results = []
         for acc in self.early_outputs:  # collective: every rank
-            if acc.probs:
-                probs, labels = acc.compute()
-                self._early_results.append((probs.cpu().numpy(), labels.cpu().numpy()))
+            if acc.has_data:
+                out = acc.compute()
+                self._early_results.append((out["probs"].cpu().numpy(), out["labels"].cpu().numpy()))
             acc.reset()
         super().on_test_epoch_end()
 
-    def write_test_outputs(self, out_dir: Path, summary: dict[str, float], probs: np.ndarray, labels: np.ndarray
-                           ) -> None:
-        """The parent's files, with the PLAsTiCC metrics added to ``summary`` (hence to ``metrics.json``) and
-        ``early_classification.png``."""
+    def summarize_test(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The head's numbers (with ``num_objects``), the PLAsTiCC log-loss, balanced accuracy and the early-
+        classification curve (module docstring)."""
+        summary = super().summarize_test(arrays)
+        probs, labels = arrays["probs"], arrays["labels"]
         summary["plasticc_logloss"] = plasticc_weighted_logloss(probs, labels, self.class_codes)
         summary["balanced_accuracy"] = balanced_accuracy(probs, labels)
-        curve = []
         for days, (p, y) in zip(self.early_days, self._early_results):
-            ll, acc = plasticc_weighted_logloss(p, y, self.class_codes), float((p.argmax(1) == y).mean())
-            summary[f"early_{days:g}d_logloss"] = ll
-            summary[f"early_{days:g}d_accuracy"] = acc
-            curve.append((days, ll, acc))
-        super().write_test_outputs(out_dir, summary, probs, labels)
-        if curve:
-            self._plot_early(curve, summary, Path(out_dir) / "early_classification.png")
+            summary[f"early_{days:g}d_logloss"] = plasticc_weighted_logloss(p, y, self.class_codes)
+            summary[f"early_{days:g}d_accuracy"] = accuracy(p, y)
+        return summary
+
+    def write_plots(self, out_dir: Path, summary: Mapping[str, Any], arrays: dict[str, np.ndarray]) -> list[str]:
+        """The head's plots and ``early_classification.png``."""
+        written = super().write_plots(out_dir, summary, arrays)
+        days = [d for d in self.early_days if f"early_{d:g}d_logloss" in summary]
+        if days:
+            self._plot_early(days, summary, Path(out_dir) / "early_classification.png")
+            written.append("early_classification.png")
+        return written
 
     @staticmethod
-    def _plot_early(curve, summary: dict[str, float], path: Path) -> None:
-        import matplotlib
+    def _plot_early(days: Sequence[float], summary: Mapping[str, Any], path: Path) -> None:
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from physics_tf.tasks.plots import save_figure
 
-        from physics_tf.data.atomic import atomic_path
-
-        d, ll, acc = (np.array(v) for v in zip(*curve))
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(d, ll, "o-", color="C0", label="weighted log-loss")
+        ll = [summary[f"early_{d:g}d_logloss"] for d in days]
+        acc = [summary[f"early_{d:g}d_accuracy"] for d in days]
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
+        ax.plot(days, ll, "o-", color="C0", label="weighted log-loss")
         ax.axhline(summary["plasticc_logloss"], color="C0", ls=":", label="full light curve")
         ax.set_xlabel("days since first detection")
         ax.set_ylabel("PLAsTiCC weighted log-loss", color="C0")
         ax2 = ax.twinx()
-        ax2.plot(d, acc, "s-", color="C1", label="accuracy")
+        ax2.plot(days, acc, "s-", color="C1", label="accuracy")
         ax2.set_ylabel("accuracy", color="C1")
         ax2.set_ylim(0, 1)
         ax.set_title("Early classification")
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from physics_tf.nn.attention import attention_mask
-from physics_tf.nn.blocks import ClassAttentionBlock, TransformerBlock
+from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
 from physics_tf.nn.embeddings import sinusoidal_encoding
+from physics_tf.nn.state_keys import accept_legacy_state_keys
 
 __all__ = ["LightCurveTransformer", "observation_features"]
 
@@ -59,6 +60,9 @@ class LightCurveTransformer(nn.Module):
     time_scale, time_base: the time encoding's κ and base (module docstring).
     """
 
+    # before the class-token pooling was shared (ClassTokenPool), these lived on the model itself
+    LEGACY_STATE_KEYS = {"cls_token": "pool.cls_token", "cls_blocks": "pool.blocks", "norm": "pool.norm"}
+
     def __init__(self, num_classes: int, meta_dim: int = 0, num_bands: int = 6, dim: int = 64, num_heads: int = 4,
                  num_layers: int = 3, num_cls_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.1,
                  attn_dropout: float = 0.0, time_scale: float = 4.0, time_base: float = 10000.0) -> None:
@@ -74,19 +78,13 @@ class LightCurveTransformer(nn.Module):
         self.meta_proj = nn.Sequential(nn.Linear(meta_dim + 1, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, ffn_ratio, dropout, attn_dropout, dropout)
                                     for _ in range(num_layers))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.cls_blocks = nn.ModuleList(ClassAttentionBlock(dim, num_heads, ffn_ratio, dropout, attn_dropout, dropout)
-                                        for _ in range(num_cls_layers))
-        self.norm = nn.LayerNorm(dim)
+        self.pool = ClassTokenPool(dim, num_heads, num_cls_layers, ffn_ratio, dropout=dropout, attn_dropout=attn_dropout)
         self.head = nn.Linear(dim, num_classes)
+        accept_legacy_state_keys(self)
 
     @property
     def hparams_for_checkpoint(self) -> dict:
         return dict(self.config)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
 
     def embed(self, flux: Tensor, flux_err: Tensor, time: Tensor, band: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Observation tokens (B, L, D) (zero at padding) and log10 of the flux scale (B, 1)."""
@@ -108,7 +106,4 @@ class LightCurveTransformer(nn.Module):
         attn = attention_mask(keep)  # (B, 1, 1, 1 + L)
         for block in self.blocks:
             x = block(x, attn)  # (B, 1 + L, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # (B, 1, D)
-        for block in self.cls_blocks:
-            cls = block(cls, x, keep)  # (B, 1, D)
-        return self.head(self.norm(cls.squeeze(1)))  # (B, K)
+        return self.head(self.pool(x, keep))  # (B, K)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from physics_tf.nn.packing import Packing
+
 
 def attention_mask(key_mask: Tensor | None, bias: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor | None:
     """Combine a key mask (B, Lk; True = real) and an additive bias (B, H, Lq, Lk) into one SDPA ``attn_mask``.
@@ -91,28 +93,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, 
             scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
     weights = scores.softmax(dim=-1) * dropout_keep(scores, dropout_p)  # dropped, not yet rescaled
     return (weights @ v) * (1.0 / (1.0 - dropout_p))  # rescale the (…, d) output, not the (…, Lk) weights
-
-
-class Packing:
-    """Real elements of a padded (B, L) set as one flat list, for token-wise layers that need not see padding.
-
-    ``pack`` (B, L, …) → (N_real, …) in row-major order of ``mask``; ``unpack`` is its inverse with zeros at padding.
-    Linear layers, LayerNorms and activations then cost N_real rows instead of B·L; only attention unpacks.
-    """
-
-    def __init__(self, mask: Tensor) -> None:
-        self.shape = mask.shape  # (B, L)
-        self.batch, self.pos = mask.nonzero(as_tuple=True)  # (N_real,) each
-        self.index = self.batch * mask.shape[1] + self.pos  # (N_real,) into the flattened (B·L)
-
-    def pack(self, x: Tensor) -> Tensor:
-        """(B, L, …) → (N_real, …); also accepts non-contiguous views (e.g. (B, H, L, d).transpose(1, 2))."""
-        return x[self.batch, self.pos]
-
-    def unpack(self, values: Tensor) -> Tensor:
-        """(N_real, …) → (B, L, …), zeros at padding."""
-        out = values.new_zeros(self.shape[0] * self.shape[1], *values.shape[1:])
-        return out.index_copy(0, self.index, values).view(*self.shape, *values.shape[1:])
 
 
 class MultiheadAttention(nn.Module):

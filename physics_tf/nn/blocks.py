@@ -6,7 +6,11 @@ arXiv 2202.03772, after Shleifer et al. arXiv 2110.09456): extra LayerNorms afte
 feed-forward, a learned per-head attention scale and a learned per-channel residual scale.
 
 :class:`ClassAttentionBlock` is CaiT's class attention (Touvron et al. 2021, arXiv 2103.17239): a class token
-queries the concatenation [class token, elements]; only the class token is updated.
+queries the concatenation [class token, elements]; only the class token is updated. :class:`ClassTokenPool` is
+the one class-token pooling of every model (ParT, the light-curve and the Auger transformers).
+
+:class:`CrossAttentionBlock`: a set of queries (e.g. a Perceiver's latent array, Jaegle et al. arXiv 2103.03206)
+attends to another set; the queries are updated.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from physics_tf.nn.attention import Dropout, MultiheadAttention, Packing
+from physics_tf.nn.attention import Dropout, MultiheadAttention
+from physics_tf.nn.packing import Packing
 
 
 class TransformerBlock(nn.Module):
@@ -57,7 +62,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, packing: Packing | None = None) -> Tensor:
         """x (B, L, D); attn_mask from :func:`physics_tf.nn.attention.attention_mask`.
 
-        With ``packing``, x is the packed real elements (N_real, D) (:class:`physics_tf.nn.attention.Packing`):
+        With ``packing``, x is the packed real elements (N_real, D) (:class:`physics_tf.nn.packing.Packing`):
         every token-wise layer then skips the padding and the output stays packed.
         """
         x = x + self._attend(self.pre_attn_norm(x), None, attn_mask, packing)  # (B, L, D) or (N_real, D)
@@ -86,17 +91,43 @@ class ClassAttentionBlock(TransformerBlock):
         return self._feed_forward(x_cls)
 
 
+class CrossAttentionBlock(TransformerBlock):
+    """Pre-LN cross-attention block: queries q (B, K, D) attend to x (B, L, D) (padding masked); q is updated."""
+
+    def forward(self, q: Tensor, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        q = q + self._attend(self.pre_attn_norm(q), self.pre_attn_norm(x), attn_mask)  # (B, K, D)
+        return self._feed_forward(q)
+
+
 class ClassTokenPool(nn.Module):
     """Summarise a set (B, L, D) into one vector (B, D): a learned class token updated by ``num_layers``
-    :class:`ClassAttentionBlock` s over the set (padding masked), then LayerNorm."""
+    :class:`ClassAttentionBlock` s over the set (padding masked), then LayerNorm.
 
-    def __init__(self, dim: int, num_heads: int, num_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.0) -> None:
+    Parameters
+    ----------
+    dim, num_heads, num_layers, ffn_ratio, normformer, norm_query: the class-attention blocks.
+    dropout: residual-branch dropout; attn_dropout / activation_dropout default to it.
+    init_token: draw the class token (truncated normal, std 0.02) here, before the blocks are built; False leaves
+        zeros for the owner to draw where its reference does (ParT: after its head), so that a seed gives the same
+        initial weights as before the pooling was shared.
+    cast_token: run the class token in the input's dtype; False leaves it to autocast (fp32 under bf16 autocast,
+        as the reference ParT does).
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.0,
+                 attn_dropout: float | None = None, activation_dropout: float | None = None,
+                 normformer: bool = False, norm_query: bool = True, init_token: bool = True,
+                 cast_token: bool = True) -> None:
         super().__init__()
+        self.cast_token = cast_token
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if init_token:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        attn_dropout = dropout if attn_dropout is None else attn_dropout
+        activation_dropout = dropout if activation_dropout is None else activation_dropout
         self.blocks = nn.ModuleList(
-            ClassAttentionBlock(dim, num_heads, ffn_ratio, dropout=dropout, attn_dropout=dropout,
-                                activation_dropout=dropout)
+            ClassAttentionBlock(dim, num_heads, ffn_ratio, dropout=dropout, attn_dropout=attn_dropout,
+                                activation_dropout=activation_dropout, normformer=normformer, norm_query=norm_query)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)
@@ -106,7 +137,9 @@ class ClassTokenPool(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, L, D), mask (B, L) True = real → (B, D)."""
-        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # (B, 1, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        if self.cast_token:
+            cls = cls.to(x.dtype)
         for block in self.blocks:
             cls = block(cls, x, mask)  # (B, 1, D)
         return self.norm(cls[:, 0])

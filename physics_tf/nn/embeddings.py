@@ -8,12 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-
-def scatter_real(values: Tensor, mask: Tensor) -> Tensor:
-    """Put per-real-element rows (N_real, C) back into a zero-padded (B, L, C) tensor."""
-    out = values.new_zeros(*mask.shape, values.shape[-1])  # (B, L, C)
-    out[mask] = values
-    return out
+from physics_tf.nn.packing import Packing
 
 
 class ParticleEmbedding(nn.Module):
@@ -35,7 +30,8 @@ class ParticleEmbedding(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, L, C), mask (B, L) → (B, L, out_dim) with zeros at padding."""
-        return scatter_real(self.forward_packed(x[mask]), mask)
+        packing = Packing(mask)
+        return packing.unpack(self.forward_packed(packing.pack(x)))
 
     def forward_packed(self, x: Tensor) -> Tensor:
         """The real elements only: (N_real, C) → (N_real, out_dim)."""

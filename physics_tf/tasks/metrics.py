@@ -1,69 +1,53 @@
-"""Jet-tagging metrics: accuracy, macro one-vs-rest AUC and background rejection.
+"""Classification metrics shared by every task: accuracy, AUC, confusion, ROC curve, balanced accuracy.
 
-Conventions follow the Particle Transformer paper (Qu, Li, Qian, "Particle Transformer
-for Jet Tagging", ICML 2022, arXiv:2202.03772, Sec. 5 / Table 2):
+Conventions, for probabilities ``probs (N, K)`` and integer labels ``labels (N,)``:
 
-* For every signal class ``s`` the discriminant against the background class ``b``
-  (QCD) is the two-class likelihood ratio built from the softmax outputs,
+* ``accuracy`` is the plain (micro) fraction of samples whose arg-max class is the true one;
+* ``auc_macro`` is the unweighted mean of the one-vs-rest AUCs (torchmetrics ``MulticlassAUROC(average="macro")``),
+  or the binary AUC of ``p_1`` for 2 classes; :func:`per_class_auc` gives the one-vs-rest AUCs themselves;
+* the confusion matrix ``C[i, j]`` counts samples of true class ``i`` predicted as ``j`` (torchmetrics); row-
+  normalised it is ``P(predicted j | true i)``;
+* ``balanced_accuracy`` is the mean over the classes present in ``labels`` of the recall ``C[k, k] / Σ_j C[k, j]``
+  (classes only ever predicted are left out, as scikit-learn does);
+* :func:`roc_curve` is the exact curve of a "higher score = more positive" discriminant (analyses build theirs on
+  it, e.g. the jets' background rejection).
 
-      score_s = p_s / (p_s + p_b),
+Ratios are taken in float64 from integer counts, so a summary does not depend on torch's float32 division.
 
-  evaluated on the jets whose true label is ``s`` (signal) or ``b`` (background) only.
-  For a 2-class problem ``p_s + p_b = 1`` and the score is simply ``p_s``.
-* The background rejection at signal efficiency ``eps_S`` is ``1 / eps_B(eps_S)`` where
-  ``eps_B(eps_S)`` is read off the ROC curve by linear interpolation.  The paper quotes
-  ``eps_S = 0.5`` for most classes and ``eps_S = 0.99 / 0.995`` for a few; this module
-  defaults to ``(0.5, 0.3)`` and accepts any list.
-* Accuracy is the plain (micro) fraction of jets whose arg-max class is the true one;
-  ``auc_macro`` is the unweighted mean of the one-vs-rest AUCs (torchmetrics
-  ``MulticlassAUROC(average="macro")``), or the binary AUC of ``p_1`` for 2 classes.
-
-DDP: :class:`PredictionAccumulator` keeps the per-jet probabilities in
-``dist_reduce_fx="cat"`` states so that ``compute()`` returns the jets of *all* ranks;
-:class:`JetTaggingMetrics` wraps torchmetrics accuracy/AUROC, which sync themselves.
+DDP: :class:`PredictionAccumulator` keeps per-sample tensors in ``dist_reduce_fx="cat"`` states so that
+``compute()`` returns the samples of *all* ranks; :class:`ClassificationMetrics` wraps torchmetrics accuracy/AUROC,
+which sync themselves.
 """
 
 from __future__ import annotations
 
-import logging
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torchmetrics import Metric
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    MulticlassAccuracy,
-    MulticlassAUROC,
-)
-from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.functional.classification import binary_auroc, multiclass_auroc, multiclass_confusion_matrix
 from torchmetrics.utilities import dim_zero_cat
 
-log = logging.getLogger(__name__)
-
-DEFAULT_BACKGROUND = "label_QCD"
-DEFAULT_REJECTION_EFFS: tuple[float, ...] = (0.5, 0.3)
-
 __all__ = [
-    "DEFAULT_BACKGROUND",
-    "DEFAULT_REJECTION_EFFS",
-    "JetTaggingMetrics",
+    "ClassificationMetrics",
     "PredictionAccumulator",
     "accuracy",
     "auc_macro",
-    "background_rejection",
+    "balanced_accuracy",
     "check_probs_labels",
-    "pairwise_scores",
-    "rejection_key",
-    "resolve_background",
+    "classification_summary",
+    "confusion_matrix",
+    "per_class_auc",
+    "per_class_table",
     "roc_curve",
-    "signal_name",
-    "summarize",
 ]
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- checks
 def _to_numpy(a, name: str) -> np.ndarray:
     """Convert a torch tensor / array-like to a float64 or int numpy array."""
     if isinstance(a, torch.Tensor):
@@ -98,39 +82,6 @@ def check_probs_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     return p, y.astype(np.int64)
 
 
-def resolve_background(class_names: Sequence[str], background: str | int | None = DEFAULT_BACKGROUND) -> int:
-    """Index of the background class.
-
-    ``background`` may be an index, a class name, or ``None``.  A name that is not in
-    ``class_names`` (or ``None``) falls back to class 0 — the ParT convention puts QCD
-    first — and the fallback is logged, because e.g. a top-tagging dataset may call its
-    QCD class ``"is_qcd"``.
-    """
-    n = len(class_names)
-    if n < 2:
-        raise ValueError(f"class_names: need at least 2 classes, got {list(class_names)}")
-    if isinstance(background, (int, np.integer)) and not isinstance(background, bool):
-        if not 0 <= background < n:
-            raise ValueError(f"background: index {background} out of range for {n} classes")
-        return int(background)
-    if background is not None:
-        short = [signal_name(str(c)) for c in class_names]  # "label_QCD" and "QCD" name the same class
-        if signal_name(str(background)) in short:
-            return short.index(signal_name(str(background)))
-    log.info("background class %r not in %s; using class 0 (%r)", background, list(class_names), class_names[0])
-    return 0
-
-
-def signal_name(class_name: str) -> str:
-    """Short name used in metric keys: ``"label_Hbb" -> "Hbb"``."""
-    return class_name[len("label_"):] if class_name.startswith("label_") else class_name
-
-
-def rejection_key(eff_sig: float, class_name: str) -> str:
-    """Metric key for a rejection value: ``(0.5, "label_Hbb") -> "rej50_Hbb"``, ``0.995 -> "rej99.5_..."``."""
-    return f"rej{eff_sig * 100:g}_{signal_name(class_name)}"
-
-
 # --------------------------------------------------------------------------- ROC
 def roc_curve(scores_sig, scores_bkg) -> tuple[np.ndarray, np.ndarray]:
     """Exact ROC curve of a "higher score = more signal-like" discriminant.
@@ -148,14 +99,14 @@ def roc_curve(scores_sig, scores_bkg) -> tuple[np.ndarray, np.ndarray]:
     s = _to_numpy(scores_sig, "scores_sig").astype(np.float64).ravel()
     b = _to_numpy(scores_bkg, "scores_bkg").astype(np.float64).ravel()
     if s.size == 0 or b.size == 0:
-        raise ValueError(f"roc_curve: need at least one signal and one background jet (got {s.size}, {b.size})")
+        raise ValueError(f"roc_curve: need at least one signal and one background sample (got {s.size}, {b.size})")
     if not (np.all(np.isfinite(s)) and np.all(np.isfinite(b))):
         raise ValueError("roc_curve: scores contain NaN or inf")
     scores = np.concatenate([s, b])  # (N,)
     is_sig = np.concatenate([np.ones(s.size), np.zeros(b.size)])  # (N,)
     order = np.argsort(-scores, kind="mergesort")
     scores, is_sig = scores[order], is_sig[order]
-    tp = np.cumsum(is_sig)  # signal jets with score >= scores[i]
+    tp = np.cumsum(is_sig)  # signal samples with score >= scores[i]
     fp = np.cumsum(1.0 - is_sig)
     # keep the last index of each group of tied scores -> one point per distinct threshold
     last = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
@@ -164,59 +115,12 @@ def roc_curve(scores_sig, scores_bkg) -> tuple[np.ndarray, np.ndarray]:
     return eff_sig, eff_bkg
 
 
-def background_rejection(scores_sig, scores_bkg, eff_sig: float | Sequence[float] = 0.5):
-    """Background rejection ``1 / eps_B`` at the signal efficiency ``eff_sig``.
-
-    ``eps_B(eff_sig)`` is linearly interpolated between neighbouring ROC points (see
-    :func:`roc_curve`).  Where the ROC has a vertical segment (several background
-    efficiencies at the same signal efficiency, i.e. background-only tied thresholds)
-    the *lowest* background efficiency is used — the best working point that reaches
-    that signal efficiency.  If ``eps_B = 0`` (no background passes the cut; e.g. perfectly
-    separated classes) the rejection is ``float("inf")``.
-
-    Parameters
-    ----------
-    scores_sig, scores_bkg : array-like or torch.Tensor, shape (N_sig,), (N_bkg,)
-        Discriminant values of the signal and background jets.
-    eff_sig : float or sequence of float in [0, 1]
-        Signal efficiency/efficiencies at which to evaluate.
-
-    Returns
-    -------
-    float or np.ndarray
-        ``1 / eps_B``; a float for scalar ``eff_sig``.
-    """
-    effs = np.atleast_1d(np.asarray(eff_sig, dtype=np.float64))
-    if np.any((effs < 0) | (effs > 1)) or not np.all(np.isfinite(effs)):
-        raise ValueError(f"eff_sig: signal efficiencies must lie in [0, 1], got {eff_sig}")
-    tpr, fpr = roc_curve(scores_sig, scores_bkg)
-    # first occurrence of each eps_S value carries the minimum eps_B (both arrays non-decreasing)
-    tpr_u, first = np.unique(tpr, return_index=True)
-    eps_b = np.interp(effs, tpr_u, fpr[first])  # (E,)
-    with np.errstate(divide="ignore"):
-        rej = np.where(eps_b > 0, 1.0 / np.where(eps_b > 0, eps_b, 1.0), np.inf)
-    return float(rej[0]) if np.ndim(eff_sig) == 0 else rej
-
-
-def pairwise_scores(probs, labels, signal: int, background: int) -> tuple[np.ndarray, np.ndarray]:
-    """ParT signal-vs-background discriminant ``p_s / (p_s + p_b)``.
-
-    Returns the discriminant of the true-signal jets and of the true-background jets
-    (jets of other classes are ignored).  If ``p_s + p_b == 0`` (numerical underflow)
-    the score is 0.
-    """
-    p, y = check_probs_labels(probs, labels)
-    num = p[:, signal]  # (N,)
-    den = p[:, signal] + p[:, background]  # (N,)
-    score = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-    return score[y == signal], score[y == background]
-
-
+# --------------------------------------------------------------------------- scalar metrics
 def accuracy(probs, labels) -> float:
-    """Fraction of jets whose arg-max class equals the label."""
+    """Fraction of samples whose arg-max class equals the label."""
     p, y = check_probs_labels(probs, labels)
     if y.size == 0:
-        raise ValueError("accuracy: no jets")
+        raise ValueError("accuracy: no samples")
     return float(np.mean(np.argmax(p, axis=1) == y))
 
 
@@ -229,76 +133,110 @@ def auc_macro(probs, labels) -> float:
     return float(multiclass_auroc(pt, yt, num_classes=p.shape[1], average="macro"))
 
 
-def summarize(
-    probs,
-    labels,
-    class_names: Sequence[str],
-    background: str | int | None = DEFAULT_BACKGROUND,
-    rejection_effs: Sequence[float] = DEFAULT_REJECTION_EFFS,
-) -> dict[str, float]:
-    """All test-set numbers as a flat dict of plain Python floats.
+def per_class_auc(probs, labels) -> np.ndarray:
+    """One-vs-rest AUC of every class's probability (torchmetrics), shape ``(K,)``; NaN for a class that has no
+    sample, or only samples, in ``labels`` (its AUC is undefined)."""
+    p, y = check_probs_labels(probs, labels)
+    k = p.shape[1]
+    with warnings.catch_warnings():  # torchmetrics warns, then returns 0, for a class without samples
+        warnings.filterwarnings("ignore", message="No positive samples in targets")
+        warnings.filterwarnings("ignore", message="No negative samples in targets")
+        auc = multiclass_auroc(torch.from_numpy(p), torch.from_numpy(y), num_classes=k, average=None)
+    counts = np.bincount(y, minlength=k)  # (K,)
+    return np.where((counts > 0) & (counts < y.size), auc.double().numpy(), np.nan)
 
-    Keys: ``accuracy``, ``auc_macro``, ``num_jets`` and, for every signal class ``s`` (all
-    classes but the background) and every efficiency ``e`` in ``rejection_effs``,
-    ``rej{100 e:g}_{s}`` (e.g. ``rej50_Hbb``, ``rej30_Tbqq``) = background rejection of
-    ``p_s / (p_s + p_b)`` at ``eps_S = e``.  Rejections may be ``inf`` (no background jet
-    passes) and are ``nan`` if the test set has no jet of ``s`` or of the background class.
-    ``json.dump`` writes these as ``Infinity`` / ``NaN`` (readable by Python's ``json``).
+
+def confusion_matrix(probs, labels, normalize: bool = False) -> np.ndarray:
+    """``C[i, j]`` = samples of true class ``i`` whose arg-max class is ``j`` (torchmetrics), shape ``(K, K)``.
+
+    ``normalize=True``: rows divided by their sums (float64), ``P(predicted j | true i)``; rows of classes absent
+    from ``labels`` stay 0.
     """
     p, y = check_probs_labels(probs, labels)
-    if p.shape[1] != len(class_names):
+    k = p.shape[1]
+    counts = multiclass_confusion_matrix(torch.from_numpy(p), torch.from_numpy(y), num_classes=k).numpy()
+    if not normalize:
+        return counts
+    counts = counts.astype(np.float64)
+    rows = counts.sum(axis=1, keepdims=True)  # (K, 1)
+    return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+
+
+def balanced_accuracy(probs, labels) -> float:
+    """Mean over the classes present in ``labels`` of the recall ``P(arg-max = k | true k)``."""
+    counts = confusion_matrix(probs, labels).astype(np.float64)  # (K, K)
+    support = counts.sum(axis=1)  # (K,)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.diag(counts)[present] / support[present]))
+
+
+def classification_summary(probs, labels, count_key: str = "num_samples") -> dict[str, float]:
+    """``accuracy``, ``auc_macro`` and the number of samples under ``count_key``, as plain Python floats."""
+    p, y = check_probs_labels(probs, labels)
+    return {"accuracy": accuracy(p, y), "auc_macro": auc_macro(p, y), count_key: float(y.size)}
+
+
+def per_class_table(probs, labels, class_names: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)``, one row per class: true and predicted counts, efficiency (recall) and purity
+    (precision) of the arg-max decision, and the one-vs-rest AUC of the class probability (NaN where undefined)."""
+    p, y = check_probs_labels(probs, labels)
+    if len(class_names) != p.shape[1]:
         raise ValueError(f"class_names: {len(class_names)} names for {p.shape[1]} probability columns")
-    bkg = resolve_background(class_names, background)
-    out: dict[str, float] = {
-        "accuracy": accuracy(p, y),
-        "auc_macro": auc_macro(p, y),
-        "num_jets": float(y.size),
-    }
-    for sig, name in enumerate(class_names):
-        if sig == bkg:
-            continue
-        s_scores, b_scores = pairwise_scores(p, y, sig, bkg)
-        if s_scores.size == 0 or b_scores.size == 0:
-            rej = np.full(len(rejection_effs), np.nan)
-        else:
-            rej = background_rejection(s_scores, b_scores, list(rejection_effs))
-        for eff, r in zip(rejection_effs, rej):
-            out[rejection_key(eff, name)] = float(r)
-    return out
+    counts = confusion_matrix(p, y)  # (K, K)
+    auc = per_class_auc(p, y)  # (K,)
+    rows = []
+    for k, name in enumerate(class_names):
+        n_true, n_pred, tp = int(counts[k].sum()), int(counts[:, k].sum()), int(counts[k, k])
+        rows.append([str(name), n_true, n_pred, tp / n_true if n_true else float("nan"),
+                     tp / n_pred if n_pred else float("nan"), float(auc[k])])
+    return ["class", "n_true", "n_predicted", "efficiency", "purity", "auc_vs_rest"], rows
 
 
 # --------------------------------------------------------------------------- torchmetrics
 class PredictionAccumulator(Metric):
-    """Collect per-jet probabilities and labels across batches and DDP ranks.
+    """Collect per-sample tensors (predictions, labels, truth) across batches and DDP ranks.
 
-    ``compute()`` returns ``(probs (N, K) float32, labels (N,) int64)`` holding the jets of
-    every rank (states are reduced with ``"cat"``).  Call it on *all* ranks — it performs a
-    collective all-gather — then use the result on rank 0 only.  With a
-    ``DistributedSampler`` that pads the last batch some jets may appear twice.
+    ``PredictionAccumulator("probs", "labels")``, then ``update(probs=(B, K), labels=(B,))`` per batch;
+    ``compute()`` returns ``{"probs": (N, K), "labels": (N,)}`` holding the samples of every rank (states are
+    reduced with ``"cat"``; dtypes as given). Call it on *all* ranks — it performs a collective all-gather — then
+    use the result on rank 0 only. With a ``DistributedSampler`` that pads the last batch some samples may appear
+    twice.
     """
 
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *fields: str, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("probs", default=[], dist_reduce_fx="cat")
-        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        if not fields:
+            raise ValueError("PredictionAccumulator: name at least one field")
+        self.fields = tuple(fields)
+        for name in self.fields:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:  # probs (B, K), labels (B,)
-        if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-            raise ValueError(f"probs/labels: expected (B, K)/(B,), got {tuple(probs.shape)}/{tuple(labels.shape)}")
-        self.probs.append(probs.detach().float())
-        self.labels.append(labels.detach().long())
+    def update(self, **tensors: torch.Tensor) -> None:
+        if set(tensors) != set(self.fields):
+            raise ValueError(f"PredictionAccumulator: expected fields {list(self.fields)}, got {sorted(tensors)}")
+        rows = {name: tuple(t.shape) for name, t in tensors.items()}
+        if len({shape[:1] for shape in rows.values()}) != 1 or () in rows.values():
+            raise ValueError(f"{'/'.join(self.fields)}: expected the same number of rows, got shapes {rows}")
+        for name in self.fields:
+            getattr(self, name).append(tensors[name].detach())
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.probs, list) and len(self.probs) == 0:
+    @property
+    def has_data(self) -> bool:
+        return len(getattr(self, self.fields[0])) > 0
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if not self.has_data:
             raise ValueError("PredictionAccumulator: compute() called before any update()")
-        return dim_zero_cat(self.probs), dim_zero_cat(self.labels)
+        return {name: dim_zero_cat(getattr(self, name)) for name in self.fields}
 
 
-class JetTaggingMetrics(torch.nn.Module):
+class ClassificationMetrics(torch.nn.Module):
     """Streaming accuracy + macro AUC for validation, DDP-synchronised by torchmetrics.
 
     ``update(probs (B, K), labels (B,))``; ``compute() -> {"acc": tensor, "auc": tensor}``;
@@ -335,4 +273,3 @@ class JetTaggingMetrics(torch.nn.Module):
     def reset(self) -> None:
         self.acc.reset()
         self.auc.reset()
-

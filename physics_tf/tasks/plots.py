@@ -1,9 +1,11 @@
-"""Evaluation plots saved as PNG files: ROC curves, confusion matrix, training curves.
+"""Generic evaluation plots saved as PNG files: one-vs-rest ROC curves, confusion matrix, regression residuals,
+training curves.
 
 All figures are built with :class:`matplotlib.figure.Figure` (Agg rendering, no pyplot
 state, no display needed) and written atomically (temporary file in the target directory,
 then :func:`os.replace`).  If ``mplhep`` is importable its ``ROOT`` style is applied inside a
-style context (global rcParams are left untouched); otherwise matplotlib defaults are used.
+style context (global rcParams are left untouched); otherwise matplotlib defaults are used. An analysis draws its
+own plots with :func:`plot_style` and :func:`save_figure` (e.g. the jets' rejection ROC).
 """
 
 from __future__ import annotations
@@ -21,20 +23,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from physics_tf.data.atomic import atomic_path
-from physics_tf.tasks.metrics import (
-    DEFAULT_BACKGROUND,
-    check_probs_labels,
-    background_rejection,
-    pairwise_scores,
-    resolve_background,
-    roc_curve,
-    signal_name,
-)
+from physics_tf.tasks.metrics import check_probs_labels, confusion_matrix, per_class_auc, roc_curve
 
-__all__ = ["plot_confusion_matrix", "plot_roc", "plot_training_curves", "save_figure"]
+__all__ = ["plot_confusion_matrix", "plot_residuals", "plot_roc_curves", "plot_style", "plot_training_curves",
+           "save_figure"]
 
 
-def _style():
+def plot_style():
     """Style context: mplhep ROOT style if available, else a no-op."""
     try:
         import mplhep
@@ -52,49 +47,33 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     return path
 
 
-def plot_roc(
-    probs,
-    labels,
-    class_names: Sequence[str],
-    path: str | os.PathLike,
-    background: str | int | None = DEFAULT_BACKGROUND,
-    reference_eff: float = 0.5,
-) -> Path:
-    """ROC curves in the jet-tagging convention: x = signal efficiency, y = background rejection.
-
-    One line per signal class ``s`` vs the background class, discriminant
-    ``p_s / (p_s + p_b)`` (see :mod:`physics_tf.tasks.metrics`); y is ``1 / eps_B`` on a log axis.
-    Points with ``eps_B = 0`` (infinite rejection) are not drawn.  The legend quotes the
-    rejection at ``reference_eff``.  Signal classes without jets in the sample are skipped.
-    """
+def plot_roc_curves(probs, labels, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """One-vs-rest ROC curve of every class: true-positive rate against false-positive rate of its probability,
+    the AUC (:func:`physics_tf.tasks.metrics.per_class_auc`) in the legend. Classes whose ROC is undefined (no
+    sample, or only samples, of the class) are skipped."""
     p, y = check_probs_labels(probs, labels)
-    bkg = resolve_background(class_names, background)
-    with _style():
-        fig = Figure(figsize=(8, 7))
+    if len(class_names) != p.shape[1]:
+        raise ValueError(f"class_names: {len(class_names)} names for {p.shape[1]} probability columns")
+    auc = per_class_auc(p, y)  # (K,)
+    with plot_style():
+        fig = Figure(figsize=(7, 7))
         ax = fig.subplots()
-        drawn = 0
-        for sig, name in enumerate(class_names):
-            if sig == bkg:
+        for k, name in enumerate(class_names):
+            if not np.isfinite(auc[k]):
                 continue
-            s_scores, b_scores = pairwise_scores(p, y, sig, bkg)
-            if s_scores.size == 0 or b_scores.size == 0:
-                continue
-            tpr, fpr = roc_curve(s_scores, b_scores)
-            ok = fpr > 0
-            rej_ref = background_rejection(s_scores, b_scores, reference_eff)
-            label = f"{signal_name(name)} vs {signal_name(class_names[bkg])}"
-            label += f" (1/$\\varepsilon_B$@{reference_eff:g} = {rej_ref:.1f})"
-            ax.plot(tpr[ok], 1.0 / fpr[ok], label=label)
-            drawn += 1
-        ax.set_yscale("log")
+            tpr, fpr = roc_curve(p[y == k, k], p[y != k, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC = {auc[k]:.3f})")
+        ax.plot([0.0, 1.0], [0.0, 1.0], color="grey", lw=0.8, ls=":")
         ax.set_xlim(0.0, 1.0)
-        ax.set_xlabel(r"Signal efficiency $\varepsilon_S$")
-        ax.set_ylabel(r"Background rejection $1/\varepsilon_B$")
-        ax.grid(True, which="major", alpha=0.3)
-        if drawn:
-            ax.legend(loc="lower left", fontsize="x-small")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("False-positive rate (other classes)")
+        ax.set_ylabel("True-positive rate")
+        ax.grid(True, alpha=0.3)
+        if np.isfinite(auc).any():
+            ax.legend(loc="lower right", fontsize="x-small")
         else:
-            ax.text(0.5, 0.5, "no signal/background jets", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no class with both positives and negatives", ha="center", va="center",
+                    transform=ax.transAxes)
         return save_figure(fig, path)
 
 
@@ -106,19 +85,15 @@ def plot_confusion_matrix(
 ) -> Path:
     """Row-normalised confusion matrix ``C[i, j] = P(predicted j | true i)``, annotated in %.
 
-    Rows of classes absent from ``labels`` are left at 0.
+    Rows of classes absent from ``labels`` are left at 0. ``class_names`` label the axes as given.
     """
     p, y = check_probs_labels(probs, labels)
     k = p.shape[1]
     if len(class_names) != k:
         raise ValueError(f"class_names: {len(class_names)} names for {k} probability columns")
-    pred = np.argmax(p, axis=1)  # (N,)
-    counts = np.zeros((k, k), dtype=np.float64)
-    np.add.at(counts, (y, pred), 1.0)
-    rows = counts.sum(axis=1, keepdims=True)  # (K, 1)
-    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)  # (K, K)
-    names = [signal_name(n) for n in class_names]
-    with _style():
+    norm = confusion_matrix(p, y, normalize=True)  # (K, K)
+    names = [str(n) for n in class_names]
+    with plot_style():
         size = max(5.0, 0.8 * k + 3.0)
         fig = Figure(figsize=(size, size))
         ax = fig.subplots()
@@ -136,6 +111,36 @@ def plot_confusion_matrix(
                     j, i, f"{100 * norm[i, j]:.1f}", ha="center", va="center", fontsize=fontsize,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
+        return save_figure(fig, path)
+
+
+def plot_residuals(pred, true, name: str, path: str | os.PathLike, groups=None,
+                   group_names: Sequence[str] = ()) -> Path:
+    """Predicted against true ``name`` (left, with the diagonal) and the histogram of ``predicted − true``
+    (right). With integer ``groups (N,)`` each group ``i`` present is drawn apart, labelled ``group_names[i]``."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape or pred.ndim != 1 or pred.size == 0:
+        raise ValueError(f"pred/true: expected two equal non-empty 1-d arrays, got {pred.shape} and {true.shape}")
+    if groups is None:
+        selections = [(None, np.ones(pred.size, dtype=bool))]
+    else:
+        groups = np.asarray(groups)
+        selections = [(str(label), groups == i) for i, label in enumerate(group_names)]
+    with plot_style():
+        fig = Figure(figsize=(12, 5))
+        ax_s, ax_h = fig.subplots(1, 2)
+        for label, sel in selections:
+            if sel.any():
+                ax_s.scatter(true[sel], pred[sel], s=4, alpha=0.5, label=label)
+                ax_h.hist(pred[sel] - true[sel], bins=40, histtype="step", label=label)
+        lo, hi = float(np.min(true)), float(np.max(true))
+        ax_s.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax_s.set_xlabel(f"true {name}")
+        ax_s.set_ylabel(f"predicted {name}")
+        ax_h.set_xlabel(f"predicted − true {name}")
+        if groups is not None:
+            ax_s.legend()
+            ax_h.legend()
         return save_figure(fig, path)
 
 
@@ -177,7 +182,7 @@ def plot_training_curves(
     series = _read_metrics_csv(csv_path)
     if not any(k in series for k in (*loss_keys, *score_keys)):
         raise ValueError(f"{csv_path}: none of the columns {list(loss_keys) + list(score_keys)} found")
-    with _style():
+    with plot_style():
         fig = Figure(figsize=(13, 5.5))
         ax_loss, ax_score = fig.subplots(1, 2)
         for ax, keys, ylabel in ((ax_loss, loss_keys, "Loss"), (ax_score, score_keys, "Score")):

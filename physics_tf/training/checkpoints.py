@@ -3,7 +3,8 @@ one-line error for a checkpoint of another network.
 
 ``checkpoint["physics_tf_config"]`` (:data:`CONFIG_KEY`, written by
 :class:`physics_tf.training.callbacks.RunStateInCheckpoint`) holds the resolved run config, so ``evaluate`` and
-``export`` can rebuild the network and data description from the checkpoint alone.
+``export`` can rebuild the network and data description from the checkpoint alone. Every checkpoint is read
+through :func:`load_checkpoint`, which upgrades one written before the move to one wing per analysis.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
 from physics_tf.training.callbacks import CONFIG_KEY
+from physics_tf.training.legacy import upgrade_checkpoint
 
 log = logging.getLogger("physics_tf")
 
@@ -32,12 +35,21 @@ def _hpc_checkpoints(run_dir: Path) -> set[Path]:
     return set(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, net: nn.Module | None = None) -> dict[str, Any]:
+    """The checkpoint at ``path`` on the CPU, upgraded to the current code if it was written before the move to
+    one wing per analysis (:func:`physics_tf.training.legacy.upgrade_checkpoint`; ``net``: the current network,
+    when built, so its parameter order need not be rebuilt from the stored config)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is one line naming the file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: cannot read the checkpoint ({first})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (a {type(checkpoint).__name__}, not a dict)")
+    try:
+        return upgrade_checkpoint(checkpoint, net=net)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def _last_checkpoints(run_dir: Path) -> list[Path]:
@@ -81,7 +93,7 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
 
 def check_checkpoint_matches(ckpt_path: str | Path, task: L.LightningModule) -> None:
     """One clear line when a checkpoint holds another network than the configured one (names, shapes)."""
-    checkpoint = load_checkpoint(Path(ckpt_path))
+    checkpoint = load_checkpoint(Path(ckpt_path), net=getattr(task, "net", None))
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{ckpt_path}: not a Lightning checkpoint (no state_dict)")

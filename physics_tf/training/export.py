@@ -12,35 +12,31 @@ the output, the class / target names and the whole run config are stored in the 
 Exporter: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``). The ``torch.export``
 (dynamo) exporter cannot trace the data-dependent shapes every physics_tf model has — gathering the real
 particles / stations / pairs with a boolean mask (``x[mask]``) — without changes to the models, while the
-TorchScript exporter turns them into ONNX ``NonZero`` / ``GatherND`` / ``ScatterND`` with dynamic sizes. To make
-the models traceable, during the export only:
-
-* ParT's trimming of a batch to its longest jet, and the Auger transformer's packing of the real stations
-  to the largest station count, are switched off (the trimmed length would be traced as a constant);
-  padding is masked, so the function is unchanged;
-* :class:`~physics_tf.jets.pairwise.PairEmbedding` scatters its pair bias in a (B, L, L, H) layout and permutes it,
-  instead of indexing (B, H, L, L) around a slice, which the exporter cannot express;
-* ``asinh``, ``hypot``, ``tril_indices`` and (stable) ``argsort``, which the exporter lacks, are mapped to ONNX
-  ``Asinh``, ``Sqrt(x² + y²)``, ``NonZero`` of a triangular grid and ``TopK`` (equal keys keep index order, as the
-  ONNX specification requires, so it is a stable sort).
+TorchScript exporter turns them into ONNX ``NonZero`` / ``GatherND`` / ``ScatterND`` with dynamic sizes. The
+driver knows no model and no data module: the data module gives the example batches and the dynamic axes
+(``datamodule.example_batch(batch_size, length, generator)``, ``datamodule.onnx_dynamic_axes``, each analysis'
+``export.py``), and the models switch off their own data-dependent lengths under
+``torch.onnx.is_in_onnx_export()`` (ParT's trimming to the longest jet, the Auger transformer's packing to the
+largest station count, the pair bias' scatter layout, the GRU's packed sequences). Only ONNX knowledge lives
+here: ``asinh``, ``hypot``, ``tril_indices`` and (stable) ``argsort``, which the exporter lacks, are mapped to
+ONNX ``Asinh``, ``Sqrt(x² + y²)``, ``NonZero`` of a triangular grid and ``TopK`` (equal keys keep index order, as
+the ONNX specification requires, so it is a stable sort).
 
 After writing, the exported model is checked: onnxruntime runs it on a second batch with another batch size
-and length than the traced example, with padding, and its outputs must equal the PyTorch network's (the
-unmodified one, trimming included) within ``atol + rtol·|y|``; a failed check leaves no file behind.
+and length than the traced example, with padding, and its outputs must equal the PyTorch network's (trimming
+included) within ``atol + rtol·|y|``; a failed check leaves no file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import json
 import logging
 import math
 import time
-import types
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +62,20 @@ class ExportError(DataError):
 
 # ---------------------------------------------------------------------------------------------- checkpoint
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(resolved run config, network state dict) of a physics_tf checkpoint; ExportError if it is not one."""
+    """(resolved run config, network state dict) of a physics_tf checkpoint; ExportError if it is not one.
+
+    Read by :func:`physics_tf.training.checkpoints.load_checkpoint` (checkpoints written before a model's
+    parameters were renamed come back under the current names)."""
+    from physics_tf.training import checkpoints
     from physics_tf.training.callbacks import CONFIG_KEY
 
     path = Path(path)
     if not path.is_file():
         raise ExportError(path, "checkpoint not found" if not path.exists() else "not a file", "ckpt_path")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors of every kind: the file is not a torch checkpoint
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ExportError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {first})",
-                          "ckpt_path") from None
+        checkpoint = checkpoints.load_checkpoint(path)
+    except checkpoints.CheckpointError as err:  # already one line naming the file: keep its reason
+        raise ExportError(path, str(err).removeprefix(f"{path}: "), "ckpt_path") from None
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
         raise ExportError(path, f"not a physics_tf checkpoint (no '{CONFIG_KEY}' entry)", CONFIG_KEY)
     config = checkpoint[CONFIG_KEY]
@@ -110,151 +108,28 @@ def build_network(config: Mapping[str, Any], state_dict: Mapping[str, Tensor] | 
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-@dataclasses.dataclass(frozen=True)
-class InputKind:
-    """How a data module's batches look: the dynamic axes per input, and a generator of example batches.
-
-    ``example(datamodule, batch_size, length, generator)`` returns a padded batch of the network inputs with
-    plausible values (the traced graph must not produce NaN on it). Every row is padded; the longest row has
-    ``length − 1`` real elements (for Auger: stations), so a length taken from the data while tracing (trimming
-    to the longest set) differs between the traced example and the check, and shows up as a mismatch.
-    """
-
-    dynamic_axes: Mapping[str, Mapping[int, str]]
-    example: Callable[[Any, int, int, torch.Generator], dict[str, Tensor]]
-
-
-def _prefix_mask(batch: int, length: int, gen: torch.Generator) -> Tensor:
-    """(B, L) True = real, real elements first, 1 ≤ real count < L (padding in every row)."""
-    counts = torch.randint(1, max(length, 2), (batch,), generator=gen)
-    counts[0] = max(length - 1, 1)
-    return torch.arange(length)[None, :] < counts[:, None]
-
-
-def _jet_example(dm: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, Tensor]:
-    mask = _prefix_mask(batch, length, gen)
-    pt = torch.rand(batch, length, generator=gen) * 50 + 1
-    eta = torch.randn(batch, length, generator=gen) * 0.3
-    phi = (torch.rand(batch, length, generator=gen) * 2 - 1) * math.pi
-    mass = torch.rand(batch, length, generator=gen) * 0.2
-    pz = pt * torch.sinh(eta)
-    energy = torch.sqrt(pt**2 + pz**2 + mass**2)
-    v = torch.stack((pt * torch.cos(phi), pt * torch.sin(phi), pz, energy), dim=-1)  # (B, P, 4)
-    x = torch.randn(batch, length, dm.num_features, generator=gen)
-    m = mask.unsqueeze(-1).float()
-    return {"x": x * m, "v": v * m, "mask": mask}
-
-
-def _lightcurve_example(dm: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, Tensor]:
-    mask = _prefix_mask(batch, length, gen)
-    m = mask.float()
-    time_ = torch.randint(0, 3 * length, (batch, length), generator=gen).float()  # unsorted, with ties
-    dims = dm.model_dims
-    return {"flux": torch.randn(batch, length, generator=gen) * 50 * m,
-            "flux_err": (torch.rand(batch, length, generator=gen) * 10 + 1) * m,
-            "time": time_ * m,
-            "band": torch.randint(0, dims["num_bands"], (batch, length), generator=gen) * mask,
-            "mask": mask,
-            "meta": torch.randn(batch, dims["meta_dim"], generator=gen)}
-
-
-def _auger_example(dm: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, Tensor]:
-    n, t = dm.grid_size, dm.n_bins
-    counts = torch.randint(1, n * n + 1, (batch,), generator=gen).clamp(max=max(min(length, n * n + 1) - 1, 1))
-    counts[0] = max(min(length, n * n + 1) - 1, 1)  # stations of the fullest event
-    rank = torch.rand(batch, n * n, generator=gen).argsort(dim=1).argsort(dim=1)  # random station order
-    mask = (rank < counts[:, None]).view(batch, n, n)
-    m = mask.float()
-    return {"traces": torch.rand(batch, n, n, t, generator=gen) * 3 * m.unsqueeze(-1),
-            "times": torch.randn(batch, n, n, generator=gen) * m,
-            "signals": torch.rand(batch, n, n, generator=gen) * 3 * m,
-            "positions": torch.randn(batch, n, n, 3, generator=gen),
-            "mask": mask}
-
-
-def _axes(names: tuple[str, ...], length_name: str | None) -> dict[str, dict[int, str]]:
-    return {k: {0: "batch", **({1: length_name} if length_name else {})} for k in names}
-
-
-def input_kinds() -> dict[type, InputKind]:
-    """Input descriptions per data-module class (extend here for a new analysis)."""
-    from physics_tf.auger.data import AugerDataModule
-    from physics_tf.jets.data import JetDataModule
-    from physics_tf.lightcurves.data import LightCurveDataModule
-
-    per_obs = ("flux", "flux_err", "time", "band", "mask")
-    return {
-        JetDataModule: InputKind(_axes(("x", "v", "mask"), "particles"), _jet_example),
-        LightCurveDataModule: InputKind({**_axes(per_obs, "observations"), "meta": {0: "batch"}},
-                                        _lightcurve_example),
-        AugerDataModule: InputKind(_axes(("traces", "times", "signals", "positions", "mask"), None), _auger_example),
-    }
-
-
-def input_kind(datamodule: Any) -> InputKind:
-    for cls, kind in input_kinds().items():
-        if isinstance(datamodule, cls):
-            return kind
-    raise ExportError("<config>", f"no ONNX input description for data module {type(datamodule).__name__} "
-                      "(add one to physics_tf.training.export.input_kinds)", "data._target_")
+def _adapter(datamodule: Any) -> tuple[Any, Mapping[str, Mapping[int, str]]]:
+    """The data module's export hooks: ``example_batch`` and ``onnx_dynamic_axes``; ExportError without them."""
+    example, axes = getattr(datamodule, "example_batch", None), getattr(datamodule, "onnx_dynamic_axes", None)
+    if not callable(example) or not isinstance(axes, Mapping):
+        raise ExportError("<config>", f"data module {type(datamodule).__name__} has no ONNX export hooks "
+                          "(example_batch and onnx_dynamic_axes)", "data._target_")
+    return example, axes
 
 
 def example_inputs(net: nn.Module, datamodule: Any, batch_size: int, length: int, seed: int = 0) -> dict[str, Tensor]:
-    """An example batch of ``net``'s inputs (in ``forward`` order) for the data module's kind of data."""
+    """An example batch of ``net``'s inputs (in ``forward`` order) from the data module's ``example_batch``: padded,
+    plausible values; the longest row one shorter than ``length``, so a length taken from the data while tracing
+    differs between the traced example and the check, and shows up as a mismatch."""
     from physics_tf.tasks.base import model_inputs
 
-    gen = torch.Generator().manual_seed(seed)
-    batch = model_inputs(input_kind(datamodule).example(datamodule, batch_size, length, gen), net)
+    example, _ = _adapter(datamodule)
+    batch = model_inputs(example(batch_size, length, torch.Generator().manual_seed(seed)), net)
     order = [p for p in inspect.signature(type(net).forward).parameters if p in batch]
     return {name: batch[name] for name in order}
 
 
-# ---------------------------------------------------------------------------------------------- tracing aids
-def _pair_bias_exportable(self: nn.Module, v: Tensor, mask: Tensor) -> Tensor:
-    """PairEmbedding.forward with the bias scattered in a (B, L, L, H) layout (consecutive advanced indices)."""
-    from physics_tf.jets.pairwise import pair_features, real_pairs
-
-    batch, a, b = real_pairs(mask)
-    emb = self.mlp(pair_features(v[batch, a], v[batch, b], self.eps))  # (N_pairs, H)
-    n, length = mask.shape
-    bias = emb.new_zeros(n, length, length, self.num_heads)  # (B, L, L, H)
-    bias[batch, a, b] = emb
-    bias[batch, b, a] = emb
-    return bias.permute(0, 3, 1, 2)  # (B, H, L, L)
-
-
-def _pack_real_untrimmed(mask: Tensor) -> Tensor:
-    """auger_transformer.pack_real without the cut to the largest station count: (B, S) → (B, S), real first."""
-    counts = mask.sum(dim=1)  # (B,)
-    return torch.arange(mask.shape[1], device=mask.device)[None, :] < counts[:, None]
-
-
-@contextlib.contextmanager
-def traceable(net: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``net`` computes the same function without data-dependent shapes (module docstring)."""
-    from physics_tf.auger import transformer as auger_transformer
-    from physics_tf.jets.part import ParticleTransformer
-    from physics_tf.jets.pairwise import PairEmbedding
-
-    undo: list[Callable[[], None]] = []
-    try:
-        packs = getattr(auger_transformer, "pack_real", None)
-        if packs is not None and any(isinstance(m, auger_transformer.AugerTransformer) for m in net.modules()):
-            auger_transformer.pack_real = _pack_real_untrimmed
-            undo.append(lambda: setattr(auger_transformer, "pack_real", packs))
-        for module in net.modules():
-            if isinstance(module, ParticleTransformer) and module.trim:
-                module.trim = False
-                undo.append(lambda m=module: setattr(m, "trim", True))
-            if isinstance(module, PairEmbedding):
-                module.forward = types.MethodType(_pair_bias_exportable, module)
-                undo.append(lambda m=module: delattr(m, "forward"))
-        yield net
-    finally:
-        for fn in reversed(undo):
-            fn()
-
-
+# ---------------------------------------------------------------------------------------------- ONNX symbolics
 def _asinh(g, x):
     return g.op("Asinh", x)
 
@@ -343,17 +218,17 @@ def export_onnx(net: nn.Module, datamodule: Any, output: str | Path, *, opset: i
 
     output = Path(output)
     net = net.eval()
-    kind = input_kind(datamodule)
+    _, dynamic_axes = _adapter(datamodule)
     inputs = example_inputs(net, datamodule, example_batch, example_length, seed=0)
     check = example_inputs(net, datamodule, check_batch, check_length, seed=1)
     with torch.no_grad():
         ref = net(**check).float()
     out_name = "logits" if metadata and "class_names" in (metadata.get("task") or {}) else "outputs"
-    axes = {k: dict(v) for k, v in kind.dynamic_axes.items() if k in inputs}
+    axes = {k: dict(v) for k, v in dynamic_axes.items() if k in inputs}
     start = time.perf_counter()
     try:
         with atomic_path(output) as tmp:
-            with torch.no_grad(), traceable(net), _symbolics(opset), warnings.catch_warnings(record=True) as seen:
+            with torch.no_grad(), _symbolics(opset), warnings.catch_warnings(record=True) as seen:
                 # tracer warnings (sizes taken as Python numbers, advanced indexing, RNN states) are expected here;
                 # the onnxruntime check below, on another batch size and length, is what shows the graph generalises
                 warnings.simplefilter("always")

@@ -24,6 +24,7 @@ from physics_tf.training.callbacks import RunStateInCheckpoint, WandbTestReport
 from physics_tf.training.checkpoints import check_checkpoint_matches, load_run_config, resolve_ckpt_path
 from physics_tf.training.cluster import (SlurmPreemption, adopt_submitit_local_ranks, check_devices, check_launch,
                                         register_resolvers)
+from physics_tf.training.legacy import UpgradingCheckpointIO
 from physics_tf.training.reporting import flatten  # W&B and CSV loggers compare flat keys best
 from physics_tf.data.atomic import atomic_path
 
@@ -68,6 +69,12 @@ def _build(cfg: DictConfig, output_dir: Path, model_cfg: DictConfig, task_cfg: D
         task_cfg, net=net, **datamodule.task_kwargs, output_dir=str(output_dir), compile=bool(cfg.get("compile", False))
     )
     return datamodule, net, task
+
+
+def _upgrade_on_load(trainer: L.Trainer, net) -> None:
+    """Lightning's own checkpoint reads (``ckpt_path=`` of fit and test, the SLURM auto-resume) upgrade a
+    checkpoint written before the move to one wing per analysis, as :func:`load_checkpoint` does."""
+    trainer.strategy.checkpoint_io = UpgradingCheckpointIO(trainer.strategy.checkpoint_io, net)
 
 
 def _finish_loggers(loggers: list[Any]) -> None:
@@ -117,6 +124,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.trainer.get("plugins") is None:
             extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    _upgrade_on_load(trainer, net)
     # only now: the Trainer knows this process's global rank (a node-1 process started by env vars without RANK
     # would otherwise count as rank 0 and open a second W&B run); the loggers write on global rank 0 only
     for logger in loggers:
@@ -173,11 +181,12 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(
         OmegaConf.to_yaml({"ckpt_path": str(cfg.ckpt_path), "data": OmegaConf.to_container(data_cfg, resolve=True)})
     )
-    datamodule, _, task = _build(run_cfg, output_dir, stored.model, stored.task)
+    datamodule, net, task = _build(run_cfg, output_dir, stored.model, stored.task)
     loggers = _instantiate_all(cfg.get("logger"))
     # with a W&B logger the evaluate run gets the same plots, tables and summary metrics as a training run's test
     callbacks = [WandbTestReport()] if any(type(lg).__name__ == "WandbLogger" for lg in loggers) else []
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    _upgrade_on_load(trainer, net)
     try:
         trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False, weights_only=True)
     finally:
