@@ -15,7 +15,7 @@ from physics_tf.auger.simulate import AugerSimulator, SimConfig, axial_to_xy
 from physics_tf.auger.hexconv import AugerHexConvNet, HexConv2d
 from physics_tf.auger.transformer import (AugerTransformer, PerceiverTemporalEncoder, ShowerGeometry,
                                                  StationPairBias, TemporalEncoder)
-from physics_tf.tasks.regression import RegressionTask, classification_summary, merit_factor, regression_summary
+from physics_tf.auger.task import AugerRegressionTask as RegressionTask, merit_factor, primary_summary, regression_summary
 
 N, T = 9, 120
 
@@ -314,10 +314,10 @@ def test_test_stage_writes_metrics_and_plots(events, tmp_path):
         assert (tmp_path / name).is_file(), name
 
 
-def test_classification_summary_known_values():
+def test_primary_summary_known_values():
     probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.6, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7], [0.0, 0.0, 0.2, 0.8]])
     labels = np.array([0, 1, 2, 3])
-    s = classification_summary(probs, labels, ["p", "He", "N", "Fe"], [0.0, 1.0, 2.0, 4.0])
+    s = primary_summary(probs, labels, ["p", "He", "N", "Fe"], [0.0, 1.0, 2.0, 4.0])
     assert s["accuracy"] == pytest.approx(0.75)
     assert s["confusion"][2] == [0.0, 0.0, 0.0, 1.0] and s["confusion"][0] == [1.0, 0.0, 0.0, 0.0]
     # ln A = Σ P(k) ln A_k: event 0 → 0.1·1 + 0.1·2 + 0.1·4 = 0.7 vs 0; event 3 → 0.4 + 3.2 = 3.6 vs 4

@@ -9,9 +9,9 @@ import torch
 from physics_tf.data.errors import CorruptFileError, DataError, MissingFieldError, UnknownLabelError
 from physics_tf.lightcurves.data import LightCurveDataModule
 from physics_tf.lightcurves.simulate import simulate
+from physics_tf.lightcurves.hdf5 import convert_plasticc_csv, read_lightcurves_h5, write_lightcurves_h5
 from physics_tf.lightcurves.io import (
-    LightCurves, convert_plasticc_csv, iter_lightcurve_csv, pad_lightcurves, read_lightcurves_h5,
-    read_plasticc_csv, write_lightcurves_h5, write_plasticc_csv,
+    LightCurves, iter_lightcurve_csv, pad_lightcurves, read_plasticc_csv, write_plasticc_csv,
 )
 
 LC_HEAD = "object_id,mjd,passband,flux,flux_err,detected\n"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from physics_tf.lightcurves import simulate as sim
-from physics_tf.lightcurves.io import read_lightcurves_h5, read_plasticc_csv
+from physics_tf.lightcurves.hdf5 import read_lightcurves_h5
+from physics_tf.lightcurves.io import read_plasticc_csv
 
 DAYS = np.linspace(sim.MJD_START - 100, sim.MJD_START + 400, 20001)
 

@@ -1,4 +1,5 @@
-"""Tests for physics_tf.tasks.metrics and physics_tf.tasks.plots against hand-computed answers."""
+"""The core classification metrics and plots (physics_tf.tasks.metrics / plots) and the jet-tagging ones
+(physics_tf.jets.metrics / plots) against hand-computed answers."""
 
 from __future__ import annotations
 
@@ -9,19 +10,28 @@ import numpy as np
 import pytest
 import torch
 
+from physics_tf.jets.metrics import (
+    background_rejection,
+    pairwise_scores,
+    rejection_columns,
+    rejection_key,
+    resolve_background,
+    summarize,
+)
+from physics_tf.jets.plots import plot_rejection_roc
 from physics_tf.tasks.metrics import (
-    JetTaggingMetrics,
+    ClassificationMetrics,
     PredictionAccumulator,
     accuracy,
     auc_macro,
-    background_rejection,
-    pairwise_scores,
-    rejection_key,
-    resolve_background,
+    balanced_accuracy,
+    classification_summary,
+    confusion_matrix,
+    per_class_auc,
+    per_class_table,
     roc_curve,
-    summarize,
 )
-from physics_tf.tasks.plots import plot_confusion_matrix, plot_roc, plot_training_curves
+from physics_tf.tasks.plots import plot_confusion_matrix, plot_residuals, plot_roc_curves, plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -188,12 +198,12 @@ def test_streaming_metrics_match_summarize(k):
     labels = torch.randint(0, k, (n,), generator=g)
     logits = torch.randn(n, k, generator=g) + 1.5 * torch.nn.functional.one_hot(labels, k)
     probs = logits.softmax(-1)
-    acc_metric, collector = JetTaggingMetrics(k), PredictionAccumulator()
+    acc_metric, collector = ClassificationMetrics(k), PredictionAccumulator("probs", "labels")
     for chunk in range(0, n, 64):  # batches of 64
         acc_metric.update(probs[chunk:chunk + 64], labels[chunk:chunk + 64])
-        collector.update(probs[chunk:chunk + 64], labels[chunk:chunk + 64])
+        collector.update(probs=probs[chunk:chunk + 64], labels=labels[chunk:chunk + 64])
     got = acc_metric.compute()
-    p_all, y_all = collector.compute()
+    p_all, y_all = collector.compute().values()
     assert p_all.shape == (n, k) and torch.equal(y_all, labels)
     names = [f"c{i}" for i in range(k)]
     ref = summarize(probs.numpy(), labels.numpy(), names, background=0)
@@ -204,11 +214,19 @@ def test_streaming_metrics_match_summarize(k):
 
 
 def test_prediction_accumulator_empty_and_shape_errors():
-    acc = PredictionAccumulator()
+    acc = PredictionAccumulator("probs", "labels")
+    assert not acc.has_data
     with pytest.raises(ValueError, match="before any update"):
         acc.compute()
     with pytest.raises(ValueError, match="probs/labels"):
-        acc.update(torch.rand(4, 2), torch.zeros(3, dtype=torch.long))
+        acc.update(probs=torch.rand(4, 2), labels=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="expected fields"):
+        acc.update(probs=torch.rand(4, 2))
+    acc.update(probs=torch.rand(4, 2), labels=torch.zeros(4, dtype=torch.int32))
+    acc.update(probs=torch.rand(2, 2), labels=torch.ones(2, dtype=torch.int32))
+    out = acc.compute()
+    assert out["probs"].shape == (6, 2) and out["labels"].tolist() == [0, 0, 0, 0, 1, 1]
+    assert out["labels"].dtype == torch.int32  # kept as given
 
 
 # ----------------------------------------------------------------------------- plotting
@@ -223,10 +241,13 @@ def test_plots_write_pngs_atomically(tmp_path):
     logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     names = ["label_QCD", "label_Hbb", "label_Tbqq"]
-    roc = plot_roc(probs, labels, names, tmp_path / "sub" / "roc.png")
+    roc = plot_rejection_roc(probs, labels, names, tmp_path / "sub" / "roc.png")
+    ovr = plot_roc_curves(probs, labels, names, tmp_path / "ovr.png")
     cm = plot_confusion_matrix(probs, labels, names, tmp_path / "cm.png")
-    assert _png_ok(roc) and _png_ok(cm)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["cm.png", "roc.png"]  # no temp files
+    res = plot_residuals(probs[:, 0], probs[:, 1], "p", tmp_path / "res.png", groups=labels, group_names=names)
+    assert _png_ok(roc) and _png_ok(ovr) and _png_ok(cm) and _png_ok(res)
+    # no temp files left
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["cm.png", "ovr.png", "res.png", "roc.png"]
 
 
 def test_training_curves_from_csv(tmp_path):
@@ -244,7 +265,50 @@ def test_training_curves_from_csv(tmp_path):
 
 
 def test_background_matches_with_or_without_label_prefix():
-    from physics_tf.tasks.metrics import resolve_background
-
     assert resolve_background(["Tbqq", "QCD"], "label_QCD") == 1
     assert resolve_background(["label_Tbqq", "label_QCD"], "QCD") == 1
+
+
+# ----------------------------------------------------------------------------- core: confusion, per class
+def test_confusion_matrix_balanced_accuracy_and_summary_by_hand():
+    # arg-max predictions [0, 0, 1, 1, 2, 0, 3]; labels [0, 0, 1, 2, 2, 1, 1]; class 3 is only ever predicted
+    probs = np.array([[.8, .1, .1, 0], [.6, .3, .1, 0], [.2, .7, .1, 0], [.1, .5, .4, 0], [.1, .2, .7, 0],
+                      [.5, .4, .1, 0], [.1, .2, .1, .6]])
+    labels = np.array([0, 0, 1, 2, 2, 1, 1])
+    counts = confusion_matrix(probs, labels)
+    assert counts.tolist() == [[2, 0, 0, 0], [1, 1, 0, 1], [0, 1, 1, 0], [0, 0, 0, 0]]
+    norm = confusion_matrix(probs, labels, normalize=True)
+    np.testing.assert_allclose(norm[1], [1 / 3, 1 / 3, 0, 1 / 3])
+    assert norm[3].tolist() == [0, 0, 0, 0]  # absent class: row left at 0
+    # recalls of the classes present: 1, 1/3, 1/2 (class 3, never true, is left out)
+    assert balanced_accuracy(probs, labels) == (1 + 1 / 3 + 1 / 2) / 3
+    s = classification_summary(probs, labels, count_key="num_objects")
+    assert set(s) == {"accuracy", "auc_macro", "num_objects"} and s["num_objects"] == 7.0
+    assert s["accuracy"] == pytest.approx(4 / 7)
+
+
+def test_per_class_auc_and_table_match_pair_counting():
+    rng = np.random.default_rng(6)
+    n, k = 300, 3
+    labels = rng.integers(0, k, size=n)
+    probs = np.round(np.exp(rng.normal(size=(n, k)) + np.eye(k)[labels]), 1)
+    probs /= probs.sum(1, keepdims=True)
+    auc = per_class_auc(probs, labels)
+    for c in range(k):
+        assert auc[c] == pytest.approx(mann_whitney_auc(probs[labels == c, c], probs[labels != c, c]), abs=1e-6)
+    assert np.isnan(per_class_auc(probs[labels != 2], labels[labels != 2])[2])  # no sample of class 2
+    columns, rows = per_class_table(probs, labels, ["a", "b", "c"])
+    assert columns == ["class", "n_true", "n_predicted", "efficiency", "purity", "auc_vs_rest"]
+    pred = probs.argmax(1)
+    for c, row in enumerate(rows):
+        tp = int(((pred == c) & (labels == c)).sum())
+        assert row[:5] == ["abc"[c], int((labels == c).sum()), int((pred == c).sum()),
+                           pytest.approx(tp / (labels == c).sum()), pytest.approx(tp / (pred == c).sum())]
+        assert row[5] == pytest.approx(auc[c])
+
+
+def test_rejection_columns_for_the_per_class_table():
+    summary = {"rej50_Hbb": 3.0, "rej50_Tbqq": float("inf"), "rej99.5_Hbb": 1.5, "rej99.5_Tbqq": 2.0}
+    columns, values = rejection_columns(summary, ["label_QCD", "label_Hbb", "label_Tbqq"], [0.995, 0.5])
+    assert columns == ["rej99.5", "rej50"]
+    assert values == [[None, None], [1.5, 3.0], [2.0, float("inf")]]

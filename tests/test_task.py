@@ -1,4 +1,5 @@
-"""Tests for ClassificationTask and the warm-up/decay schedules with a tiny net and synthetic jets."""
+"""The task base and heads (classification, jet tagging, regression, Auger) and the warm-up/decay schedules,
+with tiny nets and synthetic batches."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from physics_tf.tasks.classification import ClassificationTask, split_weight_decay_params
+from physics_tf.auger.task import AugerRegressionTask
+from physics_tf.jets.task import JetTaggingTask
+from physics_tf.tasks.base import split_weight_decay_params
+from physics_tf.tasks.classification import ClassificationTask
+from physics_tf.tasks.regression import RegressionTask
 from physics_tf.tasks.schedulers import WarmupDecay, build_warmup_decay_scheduler
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,7 +86,7 @@ def mean_loss(task, batches) -> float:
 def test_fit_lowers_loss_and_test_writes_report(tmp_path):
     torch.manual_seed(0)
     train, val, test = make_batches(8, seed=1), make_batches(3, seed=2), make_batches(4, seed=3)
-    task = ClassificationTask(
+    task = JetTaggingTask(
         TinyNet(), ["label_QCD", "label_Tbqq"], lr=1e-2, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1
     )
     loss_before = mean_loss(task, train)
@@ -119,7 +124,7 @@ def test_fit_lowers_loss_and_test_writes_report(tmp_path):
     # checkpoint round trip: hparams hold the net's config, not the net
     ckpt = tmp_path / "task.ckpt"
     trainer.save_checkpoint(ckpt)
-    restored = ClassificationTask.load_from_checkpoint(ckpt, net=TinyNet())
+    restored = JetTaggingTask.load_from_checkpoint(ckpt, net=TinyNet())
     assert restored.hparams["net_config"]["_target_"].endswith("TinyNet")
     assert "net" not in restored.hparams
     b = test[0]
@@ -129,7 +134,7 @@ def test_fit_lowers_loss_and_test_writes_report(tmp_path):
 def test_multiclass_test_stage_with_explicit_output_dir(tmp_path):
     torch.manual_seed(0)
     names = ["label_Hbb", "label_QCD", "label_Tbqq"]
-    task = ClassificationTask(TinyNet(num_classes=3), names, output_dir=tmp_path / "report")
+    task = JetTaggingTask(TinyNet(num_classes=3), names, output_dir=tmp_path / "report")
     trainer = make_trainer(tmp_path / "root")
     trainer.test(task, dataloaders=loader(make_batches(2, num_classes=3, seed=4)), verbose=False)
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
@@ -248,3 +253,175 @@ def test_unknown_total_steps_gives_constant_after_warmup(tmp_path):
     assert trainer.global_step == 5
     assert sched.lr_lambdas[0].total_steps is None
     assert sched.get_last_lr()[0] == pytest.approx(1e-3)
+
+
+# ----------------------------------------------------------------------------- heads and analyses
+def test_jet_tagger_report_table_carries_rejections(tmp_path):
+    torch.manual_seed(0)
+    task = JetTaggingTask(TinyNet(), ["label_QCD", "label_Tbqq"], output_dir=tmp_path)
+    make_trainer(tmp_path).test(task, dataloaders=loader(make_batches(3, seed=6)), verbose=False)
+    columns, rows = task.report_tables()["per_class"]
+    assert columns == ["class", "n_true", "n_predicted", "efficiency", "purity", "auc_vs_rest", "rej50", "rej30"]
+    assert [r[0] for r in rows] == ["label_QCD", "label_Tbqq"] and sum(r[1] for r in rows) == 96
+    assert rows[0][6:] == [None, None]  # the background has no rejection
+    assert rows[1][6:] == [task.test_summary["rej50_Tbqq"], task.test_summary["rej30_Tbqq"]]
+
+
+def test_generic_classifier_reports_without_jet_metrics(tmp_path):
+    torch.manual_seed(0)
+    names = ["a", "b", "c"]
+    task = ClassificationTask(TinyNet(num_classes=3), names, output_dir=tmp_path)
+    assert ClassificationTask(TinyNet(), ["a", "b"]).report_tables() == {}  # nothing before a test stage
+    results = make_trainer(tmp_path).test(task, dataloaders=loader(make_batches(2, num_classes=3, seed=4)),
+                                          verbose=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "auc_macro", "num_samples"} and metrics["num_samples"] == 64
+    assert results[0]["test/auc_macro"] == pytest.approx(metrics["auc_macro"])
+    for name in ("roc.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    columns, rows = task.report_tables()["per_class"]
+    assert columns[-1] == "auc_vs_rest" and [r[0] for r in rows] == names
+    pred = np.load(tmp_path / "predictions.npz")
+    assert [r[1] for r in rows] == np.bincount(pred["labels"], minlength=3).tolist()
+
+
+class RegNet(nn.Module):
+    """Linear map of a flat input to ``outputs`` values."""
+
+    def __init__(self, outputs: int = 1) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, outputs)
+        self.norm = nn.LayerNorm(3)
+
+    def forward(self, x):
+        return self.lin(self.norm(x))
+
+
+def reg_batches(n_batches: int, targets: int = 1, batch_size: int = 16, seed: int = 0):
+    """Targets linear in the inputs (standardised units), with Auger-style truth fields."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(batch_size, 3, generator=g)
+        y = torch.stack([x[:, 0] + 0.1 * k for k in range(targets)], dim=1)  # (B, T)
+        out.append({"x": x, "y": y, "aux_lg_energy": 18.5 + 1.5 * torch.rand(batch_size, generator=g),
+                    "aux_primary": torch.randint(0, 4, (batch_size,), generator=g)})
+    return out
+
+
+def test_generic_regression_reports_per_target_numbers(tmp_path):
+    torch.manual_seed(0)
+    task = RegressionTask(RegNet(2), ["a", "b"], [10.0, 0.0], [2.0, 1.0], loss="huber", lr=1e-2, output_dir=tmp_path)
+    trainer = make_trainer(tmp_path, max_epochs=2)
+    trainer.fit(task, train_dataloaders=loader(reg_batches(4, 2)), val_dataloaders=loader(reg_batches(1, 2, seed=1)))
+    results = trainer.test(task, dataloaders=loader(reg_batches(2, 2, seed=2)), verbose=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_samples"] == 32 and set(metrics) == {"num_samples", "a", "b"}
+    assert set(metrics["a"]) == {"n", "bias", "resolution", "rms", "true_std"}
+    assert results[0]["test/a_rms"] == pytest.approx(metrics["a"]["rms"])
+    pred = np.load(tmp_path / "predictions.npz")
+    assert set(pred.files) == {"pred_a", "pred_b", "true_a", "true_b"}
+    res = pred["pred_a"] - pred["true_a"]
+    assert metrics["a"]["bias"] == pytest.approx(res.mean()) and metrics["a"]["rms"] == pytest.approx(np.sqrt(np.mean(res**2)))
+    assert (tmp_path / "residuals_a.png").read_bytes()[:8] == PNG_MAGIC
+    groups = trainer.optimizers[0].param_groups  # names stored for regression too (legacy optimizer upgrade)
+    assert [g["names"] for g in groups] == [["lin.weight"], ["lin.bias", "norm.weight", "norm.bias"]]
+
+
+def test_auger_task_classifier_and_summary(tmp_path):
+    torch.manual_seed(0)
+    task = AugerRegressionTask(RegNet(1 + 4), ["xmax"], [750.0], [70.0], num_classes=4,
+                               primary_lna=[0.0, 1.39, 2.64, 4.03], lg_e_bins=[18.5, 19.0, 20.0], output_dir=tmp_path)
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(task, train_dataloaders=loader(reg_batches(3)), val_dataloaders=loader(reg_batches(1, seed=1)))
+    assert {"val/loss", "val/accuracy", "val/resolution", "val/bias"} <= set(trainer.callback_metrics)
+    trainer.test(task, dataloaders=loader(reg_batches(4, seed=2)), verbose=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics) == ["num_events", "xmax", "primary"] and metrics["num_events"] == 64
+    assert [b["lg_e_lo"] for b in metrics["xmax"]["vs_lg_energy"]] == [18.5, 19.0]
+    assert sum(p["n"] for p in metrics["xmax"]["per_primary"].values()) == 64
+    primary = metrics["primary"]
+    assert set(primary) == {"accuracy", "auc_macro", "confusion", "classes", "lna_from_probs"}
+    assert np.allclose(np.array(primary["confusion"]).sum(1), 1.0)
+    assert "num_jets" not in metrics and "macro_auc" not in primary
+    for name in ("resolution.png", "residuals.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    assert set(np.load(tmp_path / "predictions.npz").files) == {"lg_energy", "primary", "pred_xmax", "true_xmax",
+                                                               "probs_primary"}
+    with pytest.raises(ValueError, match="num_classes=3"):
+        AugerRegressionTask(RegNet(), ["xmax"], [750.0], [70.0], num_classes=3)
+
+
+# ----------------------------------------------------------------------------- total steps (resume)
+class _SizedData:
+    """A data module with a sized train loader, as estimate_total_steps reads it."""
+
+    def train_dataloader(self):
+        return [None] * 7
+
+
+class _Trainer:
+    """The trainer fields estimate_total_steps reads. Lightning's own estimate builds the train iterator — before a
+    resumed run has restored its loop state, so the first resumed epoch replays epoch 0's order — so reading it
+    fails the test."""
+
+    max_steps, max_epochs, limit_train_batches, accumulate_grad_batches = -1, 3, 1.0, 1
+    datamodule = _SizedData()
+
+    @property
+    def estimated_stepping_batches(self):
+        raise AssertionError("trainer.estimated_stepping_batches was read")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: AugerRegressionTask(RegNet(), ["xmax"], [750.0], [70.0]),
+    lambda: RegressionTask(RegNet(), ["xmax"], [750.0], [70.0]),
+    lambda: JetTaggingTask(TinyNet(), ["QCD", "Tbqq"]),
+    lambda: ClassificationTask(TinyNet(), ["a", "b"]),
+], ids=["auger", "regression", "jets", "classification"])
+def test_total_steps_from_the_data_module_not_from_lightning(make):
+    task = make()
+    task._trainer = _Trainer()
+    schedule = task.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert (schedule.total_steps, schedule.warmup_steps) == (21, 1)  # 7 batches x 3 epochs, 5 % warm-up
+
+
+def test_auger_fit_never_reads_lightnings_step_estimate(tmp_path, monkeypatch):
+    """The resume bug end to end: a fit with a data module whose train loader is sized."""
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return loader(reg_batches(4))
+
+    def refuse(trainer):
+        raise AssertionError("trainer.estimated_stepping_batches was read")
+
+    monkeypatch.setattr(L.Trainer, "estimated_stepping_batches", property(refuse))
+    task = AugerRegressionTask(RegNet(), ["xmax"], [750.0], [70.0], output_dir=tmp_path)
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(task, datamodule=Data())
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 8
+
+
+# ----------------------------------------------------------------------------- configs before the move
+@pytest.mark.parametrize("name", ["jets_demo", "lightcurves_transformer", "auger_transformer"])
+def test_pre_move_task_config_builds_the_mapped_task(name):
+    """A checkpoint's stored task config (old ``_target_`` mapped as physics_tf.training.legacy does) still
+    instantiates with the data module's task_kwargs, which its hparams hold."""
+    from hydra.utils import instantiate
+
+    from physics_tf.training.legacy import LEGACY_TARGETS, LEGACY_TASK_TARGETS
+
+    checkpoint = torch.load(f"{__file__.rsplit('/', 1)[0]}/data/legacy/{name}.ckpt", map_location="cpu",
+                            weights_only=True)
+    stored, hparams = dict(checkpoint["physics_tf_config"]["task"]), checkpoint["hyper_parameters"]
+    stored["_target_"] = {**LEGACY_TARGETS, **LEGACY_TASK_TARGETS}[stored["_target_"]]
+    keys = {"jets_demo": ["class_names"], "lightcurves_transformer": ["class_names", "class_codes"],
+            "auger_transformer": ["target_names", "target_mean", "target_std", "primaries", "num_classes",
+                                  "primary_lna"]}[name]
+    task = instantiate(stored, net=RegNet(), **{k: hparams[k] for k in keys})
+    expected = {"jets_demo": JetTaggingTask, "lightcurves_transformer": "LightCurveClassificationTask",
+                "auger_transformer": AugerRegressionTask}[name]
+    assert type(task).__name__ == getattr(expected, "__name__", expected)
+    for key in keys:
+        assert task.hparams[key] == hparams[key], key

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from physics_tf.training.callbacks import WandbTestReport, per_class_table
+from physics_tf.training.callbacks import WandbTestReport
 from physics_tf.training.reporting import metrics_tables, scalar_metrics
 
-from test_pipelines import compose_train, data_dir  # noqa: F401 (data_dir: the tiny data sets fixture)
+from test_pipelines import compose_train  # data_dir: the tiny data sets fixture of conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
@@ -124,25 +124,6 @@ def test_scalar_metrics_and_tables_of_a_nested_report():
     assert tables["primary.confusion"] == (["true \\ predicted", "p", "Fe"], [["p", 0.8, 0.2], ["Fe", 0.25, 0.75]])
 
 
-def test_per_class_table_counts_efficiency_purity_auc_and_rejections():
-    # 3 classes; arg-max predictions: [0, 0, 1, 1, 2, 0]; labels [0, 0, 1, 2, 2, 1]
-    probs = np.array([[.8, .1, .1], [.6, .3, .1], [.2, .7, .1], [.1, .5, .4], [.1, .2, .7], [.5, .4, .1]])
-    labels = np.array([0, 0, 1, 2, 2, 1])
-    columns, rows = per_class_table(probs, labels, ["label_QCD", "label_Hbb", "label_Tbqq"],
-                                    {"rej50_Hbb": 3.0, "rej50_Tbqq": float("inf"), "rej99.5_Hbb": 1.5, "accuracy": 0.6})
-    assert columns == ["class", "n_true", "n_predicted", "efficiency", "purity", "auc_vs_rest", "rej99.5", "rej50"]
-    qcd, hbb, tbqq = rows
-    assert qcd[:5] == ["label_QCD", 2, 3, 1.0, pytest.approx(2 / 3)]
-    assert hbb[:5] == ["label_Hbb", 2, 2, 0.5, 0.5]
-    assert tbqq[:5] == ["label_Tbqq", 2, 1, 0.5, 1.0]
-    assert qcd[6:] == [None, None] and hbb[6:] == [1.5, 3.0] and tbqq[6:] == [None, float("inf")]
-    # one-vs-rest AUC by pair counting: P(score of a class-k jet > score of another jet)
-    for k, row in enumerate(rows):
-        s, b = probs[labels == k, k], probs[labels != k, k]
-        expect = np.mean([(x > y) + 0.5 * (x == y) for x in s for y in b])
-        assert row[5] == pytest.approx(expect)
-
-
 # ----------------------------------------------------------------------------- the callback on an offline run
 class _Trainer:
     """What WandbTestReport reads of a trainer."""
@@ -192,6 +173,33 @@ def test_callback_logs_regression_plots_tables_and_summary(tmp_path, monkeypatch
         "columns": ["name", "n", "bias", "resolution"], "data": [["p", 6, 1.0, 25.0]]}
 
 
+def test_callback_logs_the_tasks_report_tables(tmp_path, monkeypatch):
+    """Tables come from the task's report hook (the callback knows no analysis) next to those of metrics.json."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "num_objects": 4}))
+
+    class Task:
+        def resolve_output_dir(self):
+            return tmp_path
+
+        def report_tables(self):
+            return {"per_class": (["class", "n_true"], [["a", 3], ["b", 1]])}
+
+    logger = WandbLogger(project="t", name="hook-1", save_dir=str(tmp_path), offline=True)
+    WandbTestReport().on_test_end(_Trainer([logger], tmp_path / "elsewhere"), pl_module=Task())
+    import wandb
+
+    wandb.finish()
+    (run,) = offline_runs(tmp_path / "wandb")
+    assert run["summary"]["test/accuracy"] == 0.5 and run["summary"]["test/num_objects"] == 4
+    (table,) = [f for f in run["files"] if f.startswith("media/table/tables/per_class")]
+    content = json.loads((next((tmp_path / "wandb").glob("offline-run-*")) / "files" / table).read_text())
+    assert content == {"columns": ["class", "n_true"], "data": [["a", 3], ["b", 1]]}
+
+
 def test_callback_does_nothing_without_wandb_logger(tmp_path):
     (tmp_path / "metrics.json").write_text("{not json")  # would raise if it were read
     WandbTestReport().on_test_end(_Trainer([], tmp_path), pl_module=object())
@@ -224,7 +232,10 @@ def test_training_run_reports_to_wandb_offline(data_dir, tmp_path, monkeypatch):
     (table,) = [f for f in run["files"] if f.startswith("media/table/tables/per_class")]
     content = json.loads((next((tmp_path / "wandb").glob("offline-run-*")) / "files" / table).read_text())
     pred = np.load(tmp_path / "predictions.npz")
+    assert content["columns"] == ["class", "n_true", "n_predicted", "efficiency", "purity", "auc_vs_rest", "rej50",
+                                  "rej30"]  # the jet tagger's rejection columns, through the task's report hook
     assert [r[0] for r in content["data"]] == ["QCD", "Tbqq"]
+    assert content["data"][1][6:] == [pytest.approx(metrics["rej50_Tbqq"]), pytest.approx(metrics["rej30_Tbqq"])]
     assert [r[1] for r in content["data"]] == np.bincount(pred["labels"], minlength=2).tolist()
     assert sum(r[1] for r in content["data"]) == metrics["num_jets"]
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from physics_tf.jets.metrics import DEFAULT_BACKGROUND, DEFAULT_REJECTION_EFFS, rejection_columns, signal_name, summarize
 from physics_tf.tasks.classification import ClassificationTask
+from physics_tf.training.reporting import Table
 
 __all__ = ["JetTaggingTask"]
 
@@ -59,7 +60,7 @@ class JetTaggingTask(ClassificationTask):
         plot_confusion_matrix(probs, labels, [signal_name(n) for n in self.class_names], Path(out_dir) / "confusion.png")
         return ["roc.png", "confusion.png"]
 
-    def report_tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    def report_tables(self) -> dict[str, Table]:
         """The head's ``per_class`` table with each class's background rejections appended (``rej50``, …)."""
         tables = super().report_tables()
         if "per_class" in tables and self.test_summary is not None:

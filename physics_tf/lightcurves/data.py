@@ -45,7 +45,8 @@ from torch.utils.data import Dataset
 
 from physics_tf.data.loaders import EpochMapDataLoader, trainer_epoch
 from physics_tf.data.errors import ConfigError, DataError, UnknownLabelError
-from physics_tf.lightcurves.io import LightCurves, convert_plasticc_csv, read_lightcurves_h5, window
+from physics_tf.lightcurves.hdf5 import convert_plasticc_csv, read_lightcurves_h5
+from physics_tf.lightcurves.io import LightCurves, window
 
 __all__ = ["PLASTICC_CLASSES", "META_FEATURES", "LightCurveDataset", "LightCurveDataModule", "collate_lightcurves",
            "meta_matrix"]

@@ -1,6 +1,4 @@
-"""Light curves in the PLAsTiCC layout: CSV readers, our HDF5 layout, CSV → HDF5 conversion, padding.
-Longer than 400 lines because the CSV reader, the HDF5 layout and the conversion between them share one
-in-memory form (:class:`LightCurves`) and one set of checks that name file, column and object id.
+"""Light curves in the PLAsTiCC layout: the in-memory container, CSV readers and writer, padding to windows.
 
 PLAsTiCC files (The PLAsTiCC team 2018, arXiv 1810.00001; see ``shared/PHYSICS.md``)
 ---------------------------------------------------------------------------------
@@ -15,15 +13,8 @@ PLAsTiCC files (The PLAsTiCC team 2018, arXiv 1810.00001; see ``shared/PHYSICS.m
 In memory a set of light curves is a :class:`LightCurves`: the observations of all objects flattened into
 1-d arrays plus per-object ``offsets`` (object k owns rows ``offsets[k]:offsets[k+1]``) — awkward's
 ``ListOffsetArray`` layout; :meth:`LightCurves.to_awkward` gives the grouped ``ak.Array`` view without a copy
-of the data.
-
-Our HDF5 layout (``format = "physics_tf.lightcurves"``, version 1), every dataset chunked and gzip-compressed::
-
-    /object_id          (N,)   int64
-    /offsets            (N+1,) int64
-    /obs/mjd, /obs/flux, /obs/flux_err   (M,) float64
-    /obs/passband, /obs/detected         (M,) int8
-    /meta/<column>      (N,)   float64 (``target``: int64, −1 = unknown)
+of the data. Our HDF5 layout of the same arrays, and the CSV → HDF5 conversion, are in
+:mod:`physics_tf.lightcurves.hdf5`.
 
 Bad input raises a one-line :class:`~physics_tf.data.errors.DataError` naming file, column and object id:
 missing columns, unknown passband values, NaN flux (and NaN/negative flux_err, NaN mjd), objects with no
@@ -37,7 +28,6 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -45,10 +35,9 @@ from physics_tf.data.errors import CorruptFileError, DataError, InvalidValueErro
 from physics_tf.data.atomic import atomic_path
 
 __all__ = [
-    "BANDS", "LC_COLUMNS", "META_COLUMNS", "OBS_FIELDS", "H5_FORMAT", "LightCurves",
-    "iter_lightcurve_csv", "read_metadata_csv", "read_plasticc_csv", "write_plasticc_csv",
-    "LightCurveH5Writer", "write_lightcurves_h5", "read_lightcurves_h5", "convert_plasticc_csv",
-    "pad_lightcurves",
+    "BANDS", "LC_COLUMNS", "META_COLUMNS", "OBS_FIELDS", "OBS_DTYPES", "LightCurves",
+    "iter_lightcurve_csv", "read_metadata_csv", "iter_plasticc_csv", "read_plasticc_csv", "write_plasticc_csv",
+    "pad_lightcurves", "window",
 ]
 
 BANDS = ("u", "g", "r", "i", "z", "y")
@@ -57,10 +46,8 @@ META_COLUMNS = ("object_id", "ra", "decl", "gal_l", "gal_b", "ddf", "hostgal_spe
                 "hostgal_photoz_err", "distmod", "mwebv", "target")
 OBS_FIELDS = ("mjd", "passband", "flux", "flux_err", "detected")
 _ALIASES = {"detected": ("detected_bool",), "target": ("true_target",), "ddf": ("ddf_bool",)}
-_OBS_DTYPES = {"mjd": np.float64, "passband": np.int8, "flux": np.float64, "flux_err": np.float64,
-               "detected": np.int8}
-H5_FORMAT = "physics_tf.lightcurves"
-H5_VERSION = 1
+OBS_DTYPES = {"mjd": np.float64, "passband": np.int8, "flux": np.float64, "flux_err": np.float64,
+              "detected": np.int8}
 
 
 @dataclass
@@ -104,7 +91,7 @@ class LightCurves:
         parts = list(parts)
         if not parts:
             return LightCurves(np.zeros(0, np.int64), np.zeros(1, np.int64),
-                               {f: np.zeros(0, _OBS_DTYPES[f]) for f in OBS_FIELDS})
+                               {f: np.zeros(0, OBS_DTYPES[f]) for f in OBS_FIELDS})
         counts = np.concatenate([p.counts for p in parts])
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         meta_cols = set.intersection(*(set(p.meta) for p in parts))
@@ -231,7 +218,7 @@ def iter_lightcurve_csv(path: str | os.PathLike, chunk_rows: int = 1_000_000) ->
                 raise InvalidValueError(path, f"object_id {bad}: rows of the object are not contiguous", "object_id")
             seen.update(ids.tolist())
             offsets = np.concatenate([starts, [len(oid)]]).astype(np.int64)
-            yield LightCurves(ids, offsets, {c: obs[c].astype(_OBS_DTYPES[c]) for c in OBS_FIELDS})
+            yield LightCurves(ids, offsets, {c: obs[c].astype(OBS_DTYPES[c]) for c in OBS_FIELDS})
             if last:
                 return
 
@@ -293,10 +280,26 @@ class _MetaIndex:
             raise DataError(lc_path, f"object_id {bad} of {self.path} has no observations", "object_id")
 
 
-def _attach_meta(lc: LightCurves, index: _MetaIndex, lc_path: str) -> LightCurves:
-    rows = index.rows(lc.object_id, lc_path)
-    lc.meta = {c: a[rows] for c, a in index.meta.items() if c != "object_id"}
-    return lc
+def iter_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike, chunk_rows: int = 1_000_000,
+                      partial_metadata: bool = False) -> Iterator[LightCurves]:
+    """Stream a light-curve CSV joined with its metadata CSV as :class:`LightCurves` chunks, objects in file order.
+
+    The metadata CSV is read and checked here, before the light-curve file is opened (so a writer fed by this
+    iterator creates nothing on a metadata error). Once the last chunk is out, a metadata row without
+    observations is an error unless ``partial_metadata`` (PLAsTiCC's test metadata covers all 11 test
+    light-curve files)."""
+    index = _MetaIndex(read_metadata_csv(meta_path), str(meta_path))
+    return _join_metadata(iter_lightcurve_csv(lc_path, chunk_rows), index, str(lc_path), partial_metadata)
+
+
+def _join_metadata(chunks: Iterator[LightCurves], index: _MetaIndex, lc_path: str,
+                   partial_metadata: bool) -> Iterator[LightCurves]:
+    for lc in chunks:
+        rows = index.rows(lc.object_id, lc_path)
+        lc.meta = {c: a[rows] for c, a in index.meta.items() if c != "object_id"}
+        yield lc
+    if not partial_metadata:
+        index.check_all_used(lc_path)
 
 
 def read_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike | None = None,
@@ -305,12 +308,9 @@ def read_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike |
 
     ``partial_metadata=True`` accepts metadata rows without observations in this file (PLAsTiCC's test
     metadata covers all 11 test light-curve files); otherwise such a row is an error."""
-    index = _MetaIndex(read_metadata_csv(meta_path), str(meta_path)) if meta_path is not None else None
-    parts = []
-    for lc in iter_lightcurve_csv(lc_path, chunk_rows):
-        parts.append(_attach_meta(lc, index, str(lc_path)) if index is not None else lc)
-    if index is not None and not partial_metadata:
-        index.check_all_used(str(lc_path))
+    chunks = iter_lightcurve_csv(lc_path, chunk_rows) if meta_path is None else \
+        iter_plasticc_csv(lc_path, meta_path, chunk_rows, partial_metadata)
+    parts = list(chunks)
     if not parts:
         raise DataError(lc_path, "the file holds no observations")
     return LightCurves.concatenate(parts)
@@ -335,141 +335,6 @@ def write_plasticc_csv(lc: LightCurves, lc_path: str | os.PathLike, meta_path: s
         fh.write(",".join(["object_id", *cols]) + "\n")
         fmt = ["%d"] + ["%d" if c in ("ddf", "target") else "%.6f" for c in cols]
         np.savetxt(fh, np.column_stack([lc.object_id] + [lc.meta[c] for c in cols]), fmt=fmt, delimiter=",")
-
-
-# ---------------------------------------------------------------------------------------------- HDF5
-class LightCurveH5Writer:
-    """Append :class:`LightCurves` chunks to our HDF5 layout; the file appears atomically on close.
-
-    >>> with LightCurveH5Writer("train.h5") as w:  # doctest: +SKIP
-    ...     for chunk in iter_lightcurve_csv("training_set.csv"):
-    ...         w.append(chunk)
-    """
-
-    def __init__(self, path: str | os.PathLike, chunk: int = 65_536, compression: str = "gzip", level: int = 4,
-                 attrs: dict | None = None):
-        self.path = Path(path)
-        self.chunk, self.compression, self.level = int(chunk), compression, level
-        self.attrs = dict(attrs or {})
-        self._ctx = None
-        self._f = None
-        self._n = 0
-        self._m = 0
-        self._buffer: list[LightCurves] = []
-        self._buffered = 0
-
-    def __enter__(self) -> "LightCurveH5Writer":
-        import h5py
-
-        self._ctx = atomic_path(self.path)
-        tmp = self._ctx.__enter__()
-        self._f = h5py.File(tmp, "w")
-        self._f.attrs["format"] = H5_FORMAT
-        self._f.attrs["version"] = H5_VERSION
-        self._f.attrs["bands"] = ",".join(BANDS)
-        for k, v in self.attrs.items():
-            self._f.attrs[k] = v
-        self._dataset("offsets", np.int64)
-        self._f["offsets"].resize((1,))
-        self._f["offsets"][0] = 0
-        return self
-
-    def _dataset(self, name: str, dtype) -> None:
-        opts = {"compression_opts": self.level} if self.compression == "gzip" else {}
-        self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self.chunk,),
-                               compression=self.compression, shuffle=True, **opts)
-
-    @staticmethod
-    def _extend(ds, values: np.ndarray) -> None:
-        n = ds.shape[0]
-        ds.resize((n + len(values),))
-        ds[n:] = values
-
-    def append(self, lc: LightCurves) -> None:
-        """Queue ``lc``; written in blocks of at least ``chunk`` observations (one compression per HDF5 chunk)."""
-        self._buffer.append(lc)
-        self._buffered += int(lc.offsets[-1])
-        if self._buffered >= 4 * self.chunk:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        lc = LightCurves.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
-        self._buffer, self._buffered = [], 0
-        f = self._f
-        if "object_id" not in f:
-            self._dataset("object_id", np.int64)
-            for name in OBS_FIELDS:
-                self._dataset(f"obs/{name}", _OBS_DTYPES[name])
-            for col, a in lc.meta.items():
-                self._dataset(f"meta/{col}", np.int64 if col == "target" else np.float64)
-        missing = set(f["meta"]) ^ set(lc.meta) if "meta" in f else set(lc.meta)
-        if missing:
-            raise ValueError(f"{self.path}: metadata columns differ between appended chunks: {sorted(missing)}")
-        self._extend(f["object_id"], lc.object_id)
-        self._extend(f["offsets"], lc.offsets[1:] + self._m)
-        for name in OBS_FIELDS:
-            self._extend(f[f"obs/{name}"], lc.obs[name].astype(_OBS_DTYPES[name]))
-        for col, a in lc.meta.items():
-            self._extend(f[f"meta/{col}"], a)
-        self._n += len(lc)
-        self._m += int(lc.offsets[-1])
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self._flush()
-        self._f.attrs["num_objects"] = self._n
-        self._f.attrs["num_observations"] = self._m
-        self._f.close()
-        self._ctx.__exit__(exc_type, exc, tb)
-
-
-def write_lightcurves_h5(lc: LightCurves, path: str | os.PathLike, **kw) -> None:
-    """Write one :class:`LightCurves` to our HDF5 layout (atomically)."""
-    with LightCurveH5Writer(path, **kw) as w:
-        w.append(lc)
-
-
-def read_lightcurves_h5(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> LightCurves:
-    """Objects ``start:stop`` of a file in our HDF5 layout."""
-    import h5py
-
-    path = str(path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as err:
-        raise CorruptFileError(path, f"cannot open as HDF5 ({err})") from None
-    with f:
-        if f.attrs.get("format") != H5_FORMAT:
-            raise CorruptFileError(path, f"not a physics_tf light-curve file (attribute format = "
-                                   f"{f.attrs.get('format')!r}, expected {H5_FORMAT!r})")
-        for name in ["object_id", "offsets", *(f"obs/{o}" for o in OBS_FIELDS)]:
-            if name not in f:
-                raise MissingFieldError(path, "dataset missing", name)
-        n = f["object_id"].shape[0]
-        stop = n if stop is None else min(int(stop), n)
-        offsets = f["offsets"][start:stop + 1].astype(np.int64)
-        s, e = int(offsets[0]), int(offsets[-1])
-        obs = {o: f[f"obs/{o}"][s:e] for o in OBS_FIELDS}
-        meta = {c: f[f"meta/{c}"][start:stop] for c in f["meta"]} if "meta" in f else {}
-        return LightCurves(f["object_id"][start:stop], offsets - s, obs, meta)
-
-
-def convert_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike, out_path: str | os.PathLike,
-                         chunk_rows: int = 1_000_000, partial_metadata: bool = False) -> Path:
-    """Stream a PLAsTiCC light-curve CSV + metadata CSV into our HDF5 layout (written atomically).
-
-    Memory: the metadata table plus about ``chunk_rows`` observations. Every bad-input check of
-    :func:`read_plasticc_csv` applies (``partial_metadata`` as there); on an error no output file is left behind.
-    """
-    index = _MetaIndex(read_metadata_csv(meta_path), str(meta_path))
-    with LightCurveH5Writer(out_path, attrs={"source": f"{lc_path} + {meta_path}"}) as w:
-        for lc in iter_lightcurve_csv(lc_path, chunk_rows):
-            w.append(_attach_meta(lc, index, str(lc_path)))
-        if not partial_metadata:
-            index.check_all_used(str(lc_path))
-    return Path(out_path)
 
 
 # ------------------------------------------------------------------------------------------- padding

@@ -67,7 +67,8 @@ from typing import Any, Callable
 import numpy as np
 
 from physics_tf.data import manifest
-from physics_tf.lightcurves.io import LightCurves, write_lightcurves_h5, write_plasticc_csv
+from physics_tf.lightcurves.hdf5 import write_lightcurves_h5
+from physics_tf.lightcurves.io import LightCurves, write_plasticc_csv
 
 __all__ = ["CLASSES", "ClassSpec", "BAND_CENTRES", "DEPTHS", "R_EXT", "ZP", "distmod", "bazin", "villar",
            "paczynski", "drw", "draw_params", "model_flux", "simulate_object", "simulate", "write_dataset",

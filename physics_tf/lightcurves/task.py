@@ -1,6 +1,8 @@
 """Light-curve classification: :class:`ClassificationTask` plus the PLAsTiCC metrics and an early-classification curve.
 
-Metrics added to the test report (``metrics.json``, and the printed table):
+The head's test numbers (``accuracy``, ``auc_macro``; the count is ``num_objects``), plots (``roc.png``,
+``confusion.png``) and ``predictions.npz``, with these numbers added (``metrics.json``, the logged ``test/*`` and
+the printed table):
 
 * ``plasticc_logloss`` — the PLAsTiCC weighted multi-class log-loss (Malz et al. 2019, arXiv 1809.11145)::
 
@@ -8,14 +10,14 @@ Metrics added to the test report (``metrics.json``, and the printed table):
 
   with p clipped to [1e-15, 1 − 1e-15] and each row renormalised, w_i = 2 for classes 15 (TDE), 64 (kilonova)
   and 99 (other), 1 otherwise; the sums run over the classes present in the test set (N_i > 0).
-* ``balanced_accuracy`` — the mean over present classes of the per-class recall.
+* ``balanced_accuracy`` — the mean over present classes of the per-class recall (:mod:`physics_tf.tasks.metrics`).
 * ``early_{d}d_logloss`` / ``early_{d}d_accuracy`` — the same net on every test light curve truncated to the
   observations up to ``d`` days after its first detection (``aux_first_detection`` of the batch), for every
   ``d`` in ``early_days``: the early-classification curve, also drawn in ``early_classification.png``.
 
 Only the hooks that need it are overridden: ``test_step`` (adds the truncated evaluations), ``on_test_epoch_end``
-(gathers them on every rank — a collective — before the parent writes the report) and ``write_test_outputs``
-(adds the numbers and the plot).
+(gathers them on every rank — a collective — before the head writes the report), ``summarize_test`` (adds the
+numbers) and ``write_plots`` (adds the plot).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +94,6 @@ class LightCurveClassificationTask(ClassificationTask):
         # plain Python in the checkpoint (Hydra hands over ListConfigs, which torch.load(weights_only=True) refuses)
         class_codes = [int(c) for c in class_codes] if class_codes is not None else _codes_from_names(class_names)
         early_days = [float(d) for d in early_days]
-        rejection_effs = []
         super().__init__(net, class_names, **kwargs)
         if len(class_codes) != len(self.class_names):
             raise ValueError(f"class_codes {class_codes} do not match class_names {self.class_names}")

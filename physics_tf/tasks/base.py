@@ -29,11 +29,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from physics_tf.data.atomic import atomic_path
 from physics_tf.tasks.metrics import PredictionAccumulator
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
+from physics_tf.training.reporting import Table
 
 __all__ = ["Task", "estimate_total_steps", "model_inputs", "split_weight_decay_params"]
 
@@ -201,11 +203,14 @@ class Task(L.LightningModule):
             raise ValueError(f"betas: expected 2 values, got {betas}")
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction: must lie in [0, 1), got {warmup_fraction}")
-        # Lightning collects the arguments of every subclass's __init__ too (it walks their frames), so each
-        # subclass turns Hydra's ListConfigs into plain lists before calling this: checkpoints then load with
-        # torch.load(weights_only=True). A subclass's **kwargs still holds the betas as given, hence:
+        # Lightning collects the arguments of every subclass's __init__ too (it walks their frames), each as the
+        # most derived class holds it. Hydra hands lists over as ListConfigs (even those passed as keyword
+        # arguments to instantiate), which torch.load(weights_only=True) refuses: they become plain containers.
         self.save_hyperparameters(ignore=["net"])
-        self.hparams["betas"] = betas
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, (DictConfig, ListConfig)):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+        self.hparams["betas"] = betas  # a tuple, as AdamW takes it
         cfg = self._net_config(net)
         if cfg is not None:
             self.hparams["net_config"] = cfg
@@ -250,7 +255,7 @@ class Task(L.LightningModule):
         """Draw the test plots into ``out_dir``; returns the file names. None here."""
         return []
 
-    def report_tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    def report_tables(self) -> dict[str, Table]:
         """Tables of the last test stage for a run report, ``{name: (columns, rows)}`` (the W&B callback logs them
         as ``tables/<name>``), beyond those it finds in ``metrics.json`` itself. None here."""
         return {}

@@ -29,6 +29,7 @@ from physics_tf.tasks.metrics import (
     classification_summary,
     per_class_table,
 )
+from physics_tf.training.reporting import Table
 
 __all__ = ["ClassificationTask"]
 
@@ -53,6 +54,7 @@ class ClassificationTask(Task):
         if len(class_names) < 2:
             raise ValueError(f"class_names: need at least 2 classes, got {class_names}")
         super().__init__(net, **kwargs)
+        self.hparams["class_names"] = class_names  # as converted here (a subclass passes them on as given)
         self.class_names = class_names
         self.num_classes = len(class_names)
         self.val_metrics = ClassificationMetrics(self.num_classes)
@@ -129,7 +131,7 @@ class ClassificationTask(Task):
         plot_confusion_matrix(probs, labels, self.class_names, Path(out_dir) / "confusion.png")
         return ["roc.png", "confusion.png"]
 
-    def report_tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    def report_tables(self) -> dict[str, Table]:
         """``per_class``: counts, efficiency, purity and one-vs-rest AUC of every class (last test stage)."""
         if self.test_arrays is None:
             return {}

@@ -87,6 +87,9 @@ class RegressionTask(Task):
         if len(weights) != k:
             raise ValueError(f"loss_weights: {len(weights)} values for targets {target_names}")
         super().__init__(net, **kwargs)
+        # as converted here (a subclass passes them on as given)
+        self.hparams.update(target_names=target_names, target_mean=target_mean, target_std=target_std,
+                            loss_weights=loss_weights)
         self.target_names = target_names
         self.register_buffer("mean", torch.tensor(target_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(target_std, dtype=torch.float32), persistent=False)

@@ -115,7 +115,8 @@ def _upgrade_optimizer_groups(checkpoint: dict[str, Any], rename: Callable[[str]
             names = group.get("names")
             if not names:
                 continue
-            new = [rename(n) for n in names]
+            present = set(names)
+            new = [n if rename(n) in present else rename(n) for n in names]
             if new == list(names):
                 continue
             if position is None:
@@ -165,8 +166,9 @@ def upgrade_checkpoint(checkpoint: dict[str, Any], net: nn.Module | None = None)
 
     state = checkpoint.get("state_dict")
     if isinstance(state, dict):
-        checkpoint["state_dict"] = {(f"net.{rename(k[4:])}" if k.startswith("net.") else k): v
-                                    for k, v in state.items()}
+        # as the models' load_state_dict pre-hook (physics_tf.nn.state_keys): a key whose new name is present stays
+        new_keys = {k: f"net.{rename(k[4:])}" if k.startswith("net.") else k for k in state}
+        checkpoint["state_dict"] = {(k if new_keys[k] in state else new_keys[k]): v for k, v in state.items()}
     if net is not None:
         def order() -> list[str]:
             return [name for name, _ in net.named_parameters()]

@@ -1,6 +1,7 @@
 """Light helpers (no torch import) for run reports: flattening configs and ``metrics.json``, tables of metrics.
 
-Used by the W&B report callback (:mod:`physics_tf.training.callbacks`) and by ``pipelines/compare.py``.
+Used by the W&B report callback (:mod:`physics_tf.training.callbacks`) and by ``pipelines/compare.py``; a task's
+report hook (:meth:`physics_tf.tasks.base.Task.report_tables`) hands its own tables over as :data:`Table`\\ s.
 """
 
 from __future__ import annotations
