@@ -25,7 +25,7 @@ register_resolvers()  # before Hydra composes; also when a submitit job unpickle
 INPUT_ERRORS = frozenset({
     "builtins.FileNotFoundError",
     "physics_tf.data.errors.DataError",
-    "physics_tf.training.run.CheckpointError",
+    "physics_tf.training.checkpoints.CheckpointError",
     "physics_tf.training.run.OutputDirError",
     "physics_tf.training.cluster.DeviceError",
     "physics_tf.training.cluster.LaunchError",

@@ -27,7 +27,7 @@ MODEL_MODULES = {"jets.part", "jets.pfn", "jets.pairwise", "auger.transformer", 
                  "lightcurves.transformer", "lightcurves.gru"}
 # reader / data modules (and packages) of the wings, which no model module may import
 DATA_MODULES = {"jets.readers", "jets.writers", "jets.dataset", "jets.data", "jets.features", "jets.generate",
-                "jets.jetgen", "auger.data", "auger.io", "auger.simulate", "lightcurves.io", "lightcurves.data",
+                "jets.jetgen", "auger.data", "auger.io", "auger.simulate", "lightcurves.io", "lightcurves.hdf5", "lightcurves.data",
                 "lightcurves.simulate"}
 MAX_LINES = 400
 LONG_MARKER = "Longer than 400 lines because"

@@ -13,7 +13,8 @@ from physics_tf.lightcurves.data import LightCurveDataset, collate_lightcurves, 
 from physics_tf.lightcurves.simulate import simulate, write_dataset
 from physics_tf.lightcurves.gru import LightCurveGRU
 from physics_tf.lightcurves.transformer import LightCurveTransformer
-from physics_tf.tasks.metrics import balanced_accuracy, plasticc_weighted_logloss
+from physics_tf.lightcurves.task import plasticc_weighted_logloss
+from physics_tf.tasks.metrics import balanced_accuracy
 
 CODES = [90, 42, 62, 95, 15, 64, 88, 92, 16, 65, 53, 6]
 MODELS = {"transformer": lambda: LightCurveTransformer(12, meta_dim=6, dim=32, num_heads=4, num_layers=2, dropout=0.0),
