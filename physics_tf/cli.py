@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from physics_tf.training.cluster import register_resolvers
+from physics_tf.training.resolvers import register_resolvers
 from physics_tf.config import config_dir, project_root
 
 register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function

@@ -13,7 +13,8 @@ import pytest
 import torch
 from test_pipelines import compose_train
 
-from physics_tf.training.cluster import adopt_submitit_local_ranks, run_stamp, slurm_gpus, slurm_job_tag
+from physics_tf.training.cluster import adopt_submitit_local_ranks
+from physics_tf.training.resolvers import run_stamp, slurm_gpus, slurm_job_tag
 from physics_tf.training.checkpoints import CheckpointError, load_run_config, resolve_ckpt_path
 from physics_tf.training.run import run_train
 

@@ -267,3 +267,15 @@ def test_readme_paths_and_dotted_names_are_checked(tmp_path):
         "README.md: physics_tf.jets.part.ParT.gone names no module or attribute",
         "README.md: physics_tf.nowhere names no module or attribute",
     ]), found
+
+
+def test_console_entry_points_import_no_lightning():
+    """A config error is reported before any heavy import: the console scripts' module (and the resolvers it
+    registers) must not import Lightning or torch at import time (Lightning would also install its own log handler
+    before Hydra configures logging, and its INFO lines would then bypass the run's log)."""
+    import subprocess
+    import sys
+
+    code = "import sys, physics_tf.cli; print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torch'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing physics_tf.cli imports {out}"

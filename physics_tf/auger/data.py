@@ -52,6 +52,7 @@ from physics_tf.auger.schema import ALTITUDE, HEIGHT_UNIT, LN_A, PRIMARIES, SPAC
 from physics_tf.data.errors import DataError
 from physics_tf.data.loaders import StreamingDataModule
 from physics_tf.data.streaming import batches_per_rank
+from physics_tf.auger import export as wing_export
 
 __all__ = ["AugerDataset", "AugerDataModule", "augment_events", "to_batch", "TARGETS"]
 
@@ -265,20 +266,10 @@ class AugerDataModule(StreamingDataModule):
         return {"grid_size": self.grid_size, "n_bins": self.n_bins, "num_targets": len(self.targets),
                 "num_classes": self.num_classes}
 
-    # ------------------------------------------------------------------ export hook (no file is read)
-    def example_batch(self, batch_size: int, length: int, generator) -> dict:
-        """A padded batch of plausible network inputs for ONNX export and model tests
-        (:func:`physics_tf.auger.export.example_batch`)."""
-        from physics_tf.auger.export import example_batch
-
-        return example_batch(self, batch_size, length, generator)
-
-    @property
-    def onnx_dynamic_axes(self) -> dict:
-        """ONNX dynamic axes of each network input (:data:`physics_tf.auger.export.DYNAMIC_AXES`)."""
-        from physics_tf.auger.export import DYNAMIC_AXES
-
-        return DYNAMIC_AXES
+    # export hook (no file is read): a padded batch of plausible network inputs and their ONNX dynamic axes, for
+    # physics_tf.training.export and the model tests (:mod:`physics_tf.auger.export`)
+    example_batch = wing_export.example_batch
+    onnx_dynamic_axes = wing_export.DYNAMIC_AXES
 
     @property
     def task_kwargs(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from physics_tf.data.loaders import StreamingDataModule
 from physics_tf.jets.dataset import JetIterableDataset, build_pieces
 from physics_tf.jets.features import JetDataConfig
+from physics_tf.jets import export as wing_export
 
 __all__ = ["JetDataModule"]
 
@@ -81,20 +82,10 @@ class JetDataModule(StreamingDataModule):
         """Sizes the network is built with (``instantiate(cfg.model, **dm.model_dims)``)."""
         return {"input_dim": self.num_features, "num_classes": self.num_classes}
 
-    # ------------------------------------------------------------------ export hook (no file is read)
-    def example_batch(self, batch_size: int, length: int, generator) -> dict:
-        """A padded batch of plausible network inputs for ONNX export and model tests
-        (:func:`physics_tf.jets.export.example_batch`)."""
-        from physics_tf.jets.export import example_batch
-
-        return example_batch(self, batch_size, length, generator)
-
-    @property
-    def onnx_dynamic_axes(self) -> dict:
-        """ONNX dynamic axes of each network input (:data:`physics_tf.jets.export.DYNAMIC_AXES`)."""
-        from physics_tf.jets.export import DYNAMIC_AXES
-
-        return DYNAMIC_AXES
+    # export hook (no file is read): a padded batch of plausible network inputs and their ONNX dynamic axes, for
+    # physics_tf.training.export and the model tests (:mod:`physics_tf.jets.export`)
+    example_batch = wing_export.example_batch
+    onnx_dynamic_axes = wing_export.DYNAMIC_AXES
 
     @property
     def task_kwargs(self) -> dict[str, object]:

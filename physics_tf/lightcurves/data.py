@@ -47,6 +47,7 @@ from physics_tf.data.loaders import EpochMapDataLoader, trainer_epoch
 from physics_tf.data.errors import ConfigError, DataError, UnknownLabelError
 from physics_tf.lightcurves.hdf5 import convert_plasticc_csv, read_lightcurves_h5
 from physics_tf.lightcurves.io import LightCurves, window
+from physics_tf.lightcurves import export as wing_export
 
 __all__ = ["PLASTICC_CLASSES", "META_FEATURES", "LightCurveDataset", "LightCurveDataModule", "collate_lightcurves",
            "meta_matrix"]
@@ -227,20 +228,10 @@ class LightCurveDataModule(pl.LightningDataModule):
     def model_dims(self) -> dict[str, int]:
         return {"num_classes": len(self.classes), "meta_dim": len(self.meta_features), "num_bands": 6}
 
-    # ------------------------------------------------------------------ export hook (no file is read)
-    def example_batch(self, batch_size: int, length: int, generator) -> dict:
-        """A padded batch of plausible network inputs for ONNX export and model tests
-        (:func:`physics_tf.lightcurves.export.example_batch`)."""
-        from physics_tf.lightcurves.export import example_batch
-
-        return example_batch(self, batch_size, length, generator)
-
-    @property
-    def onnx_dynamic_axes(self) -> dict:
-        """ONNX dynamic axes of each network input (:data:`physics_tf.lightcurves.export.DYNAMIC_AXES`)."""
-        from physics_tf.lightcurves.export import DYNAMIC_AXES
-
-        return DYNAMIC_AXES
+    # export hook (no file is read): a padded batch of plausible network inputs and their ONNX dynamic axes, for
+    # physics_tf.training.export and the model tests (:mod:`physics_tf.lightcurves.export`)
+    example_batch = wing_export.example_batch
+    onnx_dynamic_axes = wing_export.DYNAMIC_AXES
 
     @property
     def task_kwargs(self) -> dict[str, object]:

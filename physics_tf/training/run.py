@@ -22,11 +22,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from physics_tf.training.callbacks import RunStateInCheckpoint, WandbTestReport
 from physics_tf.training.checkpoints import check_checkpoint_matches, load_run_config, resolve_ckpt_path
-from physics_tf.training.cluster import (SlurmPreemption, adopt_submitit_local_ranks, check_devices, check_launch,
-                                        register_resolvers)
+from physics_tf.training.cluster import SlurmPreemption, adopt_submitit_local_ranks, check_devices, check_launch
 from physics_tf.training.legacy import UpgradingCheckpointIO
 from physics_tf.training.reporting import flatten  # W&B and CSV loggers compare flat keys best
 from physics_tf.data.atomic import atomic_path
+from physics_tf.training.resolvers import register_resolvers
 
 register_resolvers()
 log = logging.getLogger("physics_tf")
