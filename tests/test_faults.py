@@ -50,7 +50,6 @@ def test_a_dying_ddp_rank_ends_the_run_with_a_clear_message(data_dir, tmp_path):
     assert wall < 180, wall
 
 
-@pytest.mark.slow
 def test_a_hanging_ddp_rank_hits_the_collective_timeout(data_dir, tmp_path):  # noqa: F811
     res, wall = _cli(["experiment=jets_pfn", "trainer=ddp_cpu", f"paths.data_dir={data_dir}", "data.batch_size=8",
                       "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}/run", *FAULT, "+callbacks.fault.mode=hang",

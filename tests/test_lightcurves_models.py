@@ -140,7 +140,7 @@ def lc_data_dir(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow  # ~6 s each (Lightning + plots); tests/test_pipelines.py runs every experiment by default
+# beside tests/test_pipelines.py's fast_dev_run of every experiment: the PLAsTiCC numbers agree with the predictions file
 @pytest.mark.parametrize("experiment", ["lightcurves_transformer", "lightcurves_gru"])
 def test_experiment_fast_dev_run(experiment, lc_data_dir, tmp_path):
     from hydra import compose, initialize_config_dir

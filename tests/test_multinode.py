@@ -76,7 +76,7 @@ def _wait(nodes, timeout: float) -> list[int]:
         pytest.fail(f"the two nodes did not finish within {timeout:.0f} s\n{tails}")
 
 
-@pytest.mark.parametrize("launch", ["torchrun", pytest.param("env", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("launch", ["torchrun", "env"])
 def test_two_nodes_on_localhost_train_together(launch, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = ["pipelines/train.py", "experiment=jets_pfn", "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2",

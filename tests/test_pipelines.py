@@ -223,13 +223,8 @@ MID_EPOCH = {
 }
 
 
-# tiny, jets_part is jets_demo's network (ParT with the pair bias) and jets_part_plain runs a subset of its code:
-# ~15 s each on 2 busy cores, so only with -m slow
-SLOW_RESUME = {"jets_part", "jets_part_plain"}
 
-
-@pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_RESUME else e
-                                        for e in EXPERIMENTS])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)  # every experiment, ~2-4 s each with the tiny overrides
 def test_resume_mid_epoch_equals_uninterrupted_run(experiment, data_dir, tmp_path):
     """Pre-empted inside epoch 2 of 2 (hpc_ckpt at a training step), resumed: the final weights are bit-identical
     to those of a run that never stopped, and so are the test metrics; no "dataloader is not resumable" warning.

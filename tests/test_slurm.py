@@ -155,7 +155,6 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, jets, tmp_path):
     assert "Traceback" not in out
 
 
-@pytest.mark.slow
 def test_local_launcher_runs_ddp_tasks(jets, tmp_path):
     """hydra/launcher=local (submitit's local executor): the two DDP ranks are submitit tasks, not Lightning children."""
     sweep = tmp_path / "sweep"
