@@ -177,3 +177,14 @@ def test_cluster_helpers(monkeypatch):
     assert (local["RANK"], local["LOCAL_RANK"], local["WORLD_SIZE"], local["MASTER_ADDR"]) == ("1", "1", "2",
                                                                                               "127.0.0.1")
     assert not adopt_submitit_local_ranks({"SUBMITIT_EXECUTOR": "slurm"})
+
+
+@pytest.mark.parametrize("experiment,task", [("auger_transformer", "regression"), ("lightcurves_gru", "classification")])
+def test_task_that_cannot_take_the_data_is_one_line(experiment, task, tmp_path):
+    """The generic heads with an analysis' data module: one line naming task._target_, not a TypeError in Hydra."""
+    res, _ = _cli([f"experiment={experiment}", f"task={task}", f"paths.data_dir={tmp_path}",
+                   f"hydra.run.dir={tmp_path}/run"], timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = _last_line(res)
+    assert last.startswith("physics_tf: error: <config>: field 'task._target_': task ") and "does not take" in last, last
+    assert "Traceback" not in res.stderr

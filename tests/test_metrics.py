@@ -312,3 +312,16 @@ def test_rejection_columns_for_the_per_class_table():
     columns, values = rejection_columns(summary, ["label_QCD", "label_Hbb", "label_Tbqq"], [0.995, 0.5])
     assert columns == ["rej99.5", "rej50"]
     assert values == [[None, None], [1.5, 3.0], [2.0, float("inf")]]
+
+
+def test_auc_macro_averages_only_the_classes_present():
+    """A class without test samples has no AUC: it is left out of the macro average (torchmetrics alone scores it
+    0), and a two-class test set with one class only has none."""
+    import numpy as np
+
+    from physics_tf.tasks.metrics import auc_macro
+
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1]])
+    labels = np.array([0, 1, 0, 1])  # class 2 absent, classes 0 and 1 perfectly separated
+    assert auc_macro(probs, labels) == 1.0
+    assert np.isnan(auc_macro(np.array([[0.3, 0.7], [0.6, 0.4]]), np.array([1, 1])))

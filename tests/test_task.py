@@ -425,3 +425,25 @@ def test_pre_move_task_config_builds_the_mapped_task(name):
     assert type(task).__name__ == getattr(expected, "__name__", expected)
     for key in keys:
         assert task.hparams[key] == hparams[key], key
+
+
+def test_total_steps_of_a_map_style_loader_are_counted_per_ddp_rank():
+    """Lightning deals a map-style train loader over the ranks with a DistributedSampler only after the schedule is
+    built: the estimate must count ceil(N / world) samples per rank, or warm-up and decay stretch world-fold."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from physics_tf.tasks.base import estimate_total_steps
+
+    loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=3)
+
+    def trainer(world):
+        dm = SimpleNamespace(train_dataloader=lambda: loader)
+        return SimpleNamespace(max_steps=-1, datamodule=dm, limit_train_batches=1.0, accumulate_grad_batches=1,
+                               max_epochs=3, world_size=world)
+
+    assert estimate_total_steps(trainer(1)) == 3 * 4  # ceil(10 / 3) batches per epoch
+    assert estimate_total_steps(trainer(2)) == 3 * 2  # 5 samples per rank → 2 batches
+    assert estimate_total_steps(trainer(4)) == 3 * 1  # 3 samples per rank → 1 batch

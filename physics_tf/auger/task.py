@@ -63,13 +63,12 @@ def regression_summary(pred: Mapping[str, np.ndarray], true: Mapping[str, np.nda
 
 def primary_summary(probs: np.ndarray, labels: np.ndarray, primaries: Sequence[str],
                     primary_lna: Sequence[float] | None = None) -> dict[str, Any]:
-    """Accuracy, ``auc_macro`` (one-vs-rest; NaN unless every primary occurs), row-normalised confusion matrix
+    """Accuracy, ``auc_macro`` (one-vs-rest, over the primaries that occur), row-normalised confusion matrix
     ``C[i][j] = P(predicted j | true i)`` (4 decimals) of the primary classification and, given ``primary_lna``,
     bias and resolution of ln A = Σ_k P(k) ln A_k."""
-    k = probs.shape[1]
     out: dict[str, Any] = {
         "accuracy": accuracy(probs, labels),
-        "auc_macro": auc_macro(probs, labels) if len(np.unique(labels)) == k else float("nan"),
+        "auc_macro": auc_macro(probs, labels),
         "confusion": confusion_matrix(probs, labels, normalize=True).round(4).tolist(),
         "classes": list(primaries),
     }

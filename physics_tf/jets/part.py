@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from physics_tf.jets.pairwise import PairEmbedding
 from physics_tf.nn.attention import attention_mask
-from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
+from physics_tf.nn.blocks import POOL_LEGACY_STATE_KEYS, ClassTokenPool, TransformerBlock
 from physics_tf.nn.embeddings import ParticleEmbedding
 from physics_tf.nn.packing import Packing, trim_to_longest
 from physics_tf.nn.state_keys import accept_legacy_state_keys, rename_legacy_key
@@ -99,7 +99,7 @@ class ParticleTransformer(nn.Module):
     """
 
     # before the class-token pooling was shared (ClassTokenPool), these lived on the model itself
-    LEGACY_STATE_KEYS = {"cls_token": "pool.cls_token", "cls_blocks": "pool.blocks", "norm": "pool.norm"}
+    LEGACY_STATE_KEYS = POOL_LEGACY_STATE_KEYS
 
     def __init__(
         self,

@@ -43,8 +43,9 @@ class JetTaggingTask(ClassificationTask):
 
     def __init__(self, net: nn.Module, class_names: Sequence[str], background: str | int | None = DEFAULT_BACKGROUND,
                  rejection_effs: Sequence[float] = DEFAULT_REJECTION_EFFS, **kwargs) -> None:
-        rejection_effs = [float(e) for e in rejection_effs]
         super().__init__(net, class_names, **kwargs)
+        self.hparams["background"] = background
+        self.hparams["rejection_effs"] = [float(e) for e in rejection_effs]  # plain floats in the checkpoint
 
     def summarize_test(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return summarize(arrays["probs"], arrays["labels"], self.class_names, self.hparams.background,

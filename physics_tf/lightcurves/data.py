@@ -320,7 +320,7 @@ class LightCurveDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         if split not in self.datasets:
-            raise ValueError(f"data.files.{split} is not set; cannot build the {split} dataloader")
+            raise DataError("<config>", f"data.files.{split} is not set; cannot build the {split} loader", f"files.{split}")
         train = split == "train"
         return EpochMapDataLoader(self.datasets[split], self._current_epoch, seed=self.seed,
                                   batch_size=self.batch_size, shuffle=train, drop_last=False,

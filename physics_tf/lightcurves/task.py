@@ -99,6 +99,7 @@ class LightCurveClassificationTask(ClassificationTask):
             raise ValueError(f"class_codes {class_codes} do not match class_names {self.class_names}")
         self.class_codes = class_codes
         self.early_days = early_days
+        self.hparams["class_codes"], self.hparams["early_days"] = class_codes, early_days  # plain Python
         self.early_outputs = nn.ModuleList(PredictionAccumulator("probs", "labels") for _ in self.early_days)
         self._early_results: list[tuple[np.ndarray, np.ndarray]] = []
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from physics_tf.nn.attention import attention_mask
-from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
+from physics_tf.nn.blocks import POOL_LEGACY_STATE_KEYS, ClassTokenPool, TransformerBlock
 from physics_tf.nn.embeddings import sinusoidal_encoding
 from physics_tf.nn.state_keys import accept_legacy_state_keys
 
@@ -61,7 +61,7 @@ class LightCurveTransformer(nn.Module):
     """
 
     # before the class-token pooling was shared (ClassTokenPool), these lived on the model itself
-    LEGACY_STATE_KEYS = {"cls_token": "pool.cls_token", "cls_blocks": "pool.blocks", "norm": "pool.norm"}
+    LEGACY_STATE_KEYS = POOL_LEGACY_STATE_KEYS
 
     def __init__(self, num_classes: int, meta_dim: int = 0, num_bands: int = 6, dim: int = 64, num_heads: int = 4,
                  num_layers: int = 3, num_cls_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.1,

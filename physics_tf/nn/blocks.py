@@ -99,6 +99,11 @@ class CrossAttentionBlock(TransformerBlock):
         return self._feed_forward(q)
 
 
+# a model that kept its own class token, class-attention blocks and final norm before it used ClassTokenPool
+# (attribute ``pool``): their old state-dict names → the new ones (the models' ``LEGACY_STATE_KEYS``)
+POOL_LEGACY_STATE_KEYS = {"cls_token": "pool.cls_token", "cls_blocks": "pool.blocks", "norm": "pool.norm"}
+
+
 class ClassTokenPool(nn.Module):
     """Summarise a set (B, L, D) into one vector (B, D): a learned class token updated by ``num_layers``
     :class:`ClassAttentionBlock` s over the set (padding masked), then LayerNorm.

@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from physics_tf.data.atomic import atomic_path
 from physics_tf.tasks.metrics import PredictionAccumulator
@@ -75,7 +76,8 @@ def model_inputs(batch: Mapping[str, torch.Tensor], net: nn.Module | None = None
 def estimate_total_steps(trainer) -> float | None:
     """Optimizer steps of the whole fit (for warm-up + decay schedules), or None when unknown.
 
-    Same result as ``Trainer.estimated_stepping_batches`` for physics_tf's data modules, but it never builds the
+    Same result as ``Trainer.estimated_stepping_batches`` for physics_tf's data modules (a map-style train loader
+    counted per DDP rank, as its DistributedSampler will deal it), but it never builds the
     trainer's train iterator: Lightning's estimate does, before a resumed run has restored its loop state, and the
     first resumed epoch would then replay epoch 0's data order. Falls back to Lightning's estimate when the
     training data does not come from a data module with a sized train loader.
@@ -83,10 +85,18 @@ def estimate_total_steps(trainer) -> float | None:
     max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
     datamodule = getattr(trainer, "datamodule", None)
     try:
-        batches = len(datamodule.train_dataloader())
+        loader = datamodule.train_dataloader()
+        batches = len(loader)
     except (AttributeError, TypeError, NotImplementedError):
         total = float(trainer.estimated_stepping_batches)
         return total if math.isfinite(total) else None
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    dataset = getattr(loader, "dataset", None)
+    if world > 1 and loader.batch_size and dataset is not None and not isinstance(dataset, IterableDataset):
+        # a map-style loader gets Lightning's DistributedSampler only later: ceil(N / world) samples per rank
+        # (streamed datasets shard themselves, and their length is already per rank)
+        per_rank = math.ceil(len(dataset) / world)
+        batches = per_rank // loader.batch_size if loader.drop_last else math.ceil(per_rank / loader.batch_size)
     limit = trainer.limit_train_batches
     batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
     per_epoch = math.ceil(batches / max(trainer.accumulate_grad_batches, 1))

@@ -125,12 +125,16 @@ def accuracy(probs, labels) -> float:
 
 
 def auc_macro(probs, labels) -> float:
-    """Macro-averaged one-vs-rest AUC (torchmetrics); binary AUC of ``p_1`` for 2 classes."""
+    """Macro-averaged one-vs-rest AUC (torchmetrics): the mean over the classes whose AUC is defined (present in
+    ``labels``, and not alone), so a class without samples does not count as AUC 0; binary AUC of ``p_1`` for 2
+    classes. NaN when no class has a defined AUC."""
     p, y = check_probs_labels(probs, labels)
-    pt, yt = torch.from_numpy(p), torch.from_numpy(y)
     if p.shape[1] == 2:
-        return float(binary_auroc(pt[:, 1], yt))
-    return float(multiclass_auroc(pt, yt, num_classes=p.shape[1], average="macro"))
+        if np.unique(y).size < 2:
+            return float("nan")
+        return float(binary_auroc(torch.from_numpy(p[:, 1]), torch.from_numpy(y)))
+    auc = per_class_auc(p, y)  # (K,), NaN where undefined
+    return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
 
 
 def per_class_auc(probs, labels) -> np.ndarray:

@@ -26,6 +26,7 @@ from physics_tf.training.cluster import SlurmPreemption, adopt_submitit_local_ra
 from physics_tf.training.legacy import UpgradingCheckpointIO
 from physics_tf.training.reporting import flatten  # W&B and CSV loggers compare flat keys best
 from physics_tf.data.atomic import atomic_path
+from physics_tf.data.errors import DataError
 from physics_tf.training.resolvers import register_resolvers
 
 register_resolvers()
@@ -65,10 +66,38 @@ def _build(cfg: DictConfig, output_dir: Path, model_cfg: DictConfig, task_cfg: D
     """
     datamodule = instantiate(cfg.data)
     net = instantiate(model_cfg, **datamodule.model_dims)
+    check_task_fits_data(task_cfg, datamodule)
     task = instantiate(
         task_cfg, net=net, **datamodule.task_kwargs, output_dir=str(output_dir), compile=bool(cfg.get("compile", False))
     )
     return datamodule, net, task
+
+
+def check_task_fits_data(task_cfg: DictConfig, datamodule: Any) -> None:
+    """One line (a :class:`DataError` on ``task._target_``) when the task cannot take what the data module tells
+    it (``task_kwargs``), e.g. the generic ``task=regression`` with the Auger data's primaries, instead of a
+    TypeError deep inside Hydra. Keyword arguments are followed up the task's classes while an ``__init__``
+    passes ``**kwargs`` on."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = str(task_cfg.get("_target_", ""))
+    try:
+        cls = get_class(target)
+    except Exception:  # noqa: BLE001 - Hydra reports a bad target itself, with its own one-line error
+        return
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters.values() if "__init__" in vars(klass) else ()
+        accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if "__init__" in vars(klass) and not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    unknown = sorted(set(datamodule.task_kwargs) - accepted)
+    if unknown:
+        raise DataError("<config>", f"task {cls.__name__} does not take {unknown} from the data module "
+                        f"{type(datamodule).__name__}; choose the task made for this data (the experiment's "
+                        f"task=..., e.g. task=jets, task=lightcurves, task=auger)", "task._target_")
 
 
 def _upgrade_on_load(trainer: L.Trainer, net) -> None:
@@ -178,9 +207,10 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     stored = OmegaConf.create(load_run_config(cfg.ckpt_path))
     data_cfg = cfg.data if cfg.get("data") else stored.data
     run_cfg = OmegaConf.create({"data": data_cfg, "paths": OmegaConf.to_container(cfg.paths, resolve=True)})
-    (output_dir / "config.yaml").write_text(
-        OmegaConf.to_yaml({"ckpt_path": str(cfg.ckpt_path), "data": OmegaConf.to_container(data_cfg, resolve=True)})
-    )
+    if rank_zero_only.rank == 0:  # one writer, atomically
+        with atomic_path(output_dir / "config.yaml") as tmp:
+            tmp.write_text(OmegaConf.to_yaml({"ckpt_path": str(cfg.ckpt_path),
+                                              "data": OmegaConf.to_container(data_cfg, resolve=True)}))
     datamodule, net, task = _build(run_cfg, output_dir, stored.model, stored.task)
     loggers = _instantiate_all(cfg.get("logger"))
     # with a W&B logger the evaluate run gets the same plots, tables and summary metrics as a training run's test
