@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from physics_tf.training.resolvers import register_resolvers
+from physics_tf.training.validate import validate_config
 from physics_tf.config import config_dir, project_root
 
 register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function
@@ -29,6 +30,7 @@ INPUT_ERRORS = frozenset({
     "physics_tf.training.run.OutputDirError",
     "physics_tf.training.cluster.DeviceError",
     "physics_tf.training.cluster.LaunchError",
+    "physics_tf.training.validate.ConfigValueError",
     "lightning.fabric.utilities.exceptions.MisconfigurationException",
     "hydra.errors.HydraException",
     "omegaconf.errors.OmegaConfBaseException",
@@ -134,12 +136,14 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
 
 
 def _train(cfg: DictConfig) -> None:
+    validate_config(cfg)  # a bad number fails in a second, before Lightning and the data are loaded
     from physics_tf.training.run import run_train
 
     run_train(cfg)
 
 
 def _evaluate(cfg: DictConfig) -> None:
+    validate_config(cfg)
     from physics_tf.training.run import run_evaluate
 
     run_evaluate(cfg)

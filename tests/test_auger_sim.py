@@ -277,3 +277,25 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         AugerEventFile(junk, 9, 120)
     for err in (DataError,):
         assert "\n" not in str(err(junk, "x\ny", "f"))
+
+
+def test_generated_directory_is_complete_or_refused(tmp_path):
+    """The manifest ends complete with every file's events and size (old keys kept); a missing file is refused."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from physics_tf.data.errors import DataError
+
+    cfg = OmegaConf.create({"gen": {"out_dir": str(tmp_path), "n_train": 20, "n_val": 0, "n_test": 0, "chunk": 10,
+                                    "events_per_file": 12, "seed": 2, "progress": False}})
+    res = run_generate(cfg)
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["complete"] is True and man["files"]["train"] == ["train_000.h5", "train_001.h5"] and "config" in man
+    assert {k: v["entries"] for k, v in man["data_files"].items()} == {"train_000.h5": 12, "train_001.h5": 8}
+    assert man["data_files"]["train_001.h5"]["bytes"] == (tmp_path / "train_001.h5").stat().st_size
+    assert res == man
+    (tmp_path / "train_001.h5").unlink()
+    dm = AugerDataModule({"train": [str(tmp_path / "train_*.h5")]}, targets=["xmax"], batch_size=4, chunk_events=8)
+    with pytest.raises(DataError, match="re-run the generator"):
+        dm.setup("fit")

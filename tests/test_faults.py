@@ -132,7 +132,7 @@ def test_ckpt_path_last_continues_the_newest_run(data_dir, tmp_path):  # noqa: F
 
 def _touch(path: Path, mtime: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
+    torch.save({}, path)  # ckpt_path=last takes only a checkpoint that loads
     os.utime(path, (mtime, mtime))
     return path
 

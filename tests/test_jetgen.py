@@ -322,3 +322,14 @@ def test_generate_config_composes():
     assert cfg.gen._target_ == default.gen._target_ == "physics_tf.jets.generate.orchestrate.run_generate"
     assert default.gen.processes == ["QCD", "Tbqq"]
     assert by_data.gen._target_ == "physics_tf.auger.simulate.run_generate"
+
+
+def test_manifest_complete_with_jets_per_file(demo_dir):
+    from physics_tf.data.streaming import expand_files
+
+    out, summary = demo_dir
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["complete"] is True and man["summary"]["config_hash"] == man["config_hash"]
+    assert sorted(man["data_files"]) == ["train_000.root", "val_000.root"]
+    assert sum(v["entries"] for v in man["data_files"].values()) == sum(summary["n_jets"].values())
+    assert expand_files([str(out / "*.root")]) == [str(out / "train_000.root"), str(out / "val_000.root")]

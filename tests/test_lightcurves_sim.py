@@ -199,3 +199,15 @@ def test_run_generate_skips_a_matching_request_and_redoes_a_changed_or_incomplet
     assert (tmp_path / "train.h5").stat().st_ino != inode
     changed = sim.run_generate(OmegaConf.create({"gen": {**gen, "seed": 3}}))
     assert json.loads((tmp_path / "manifest.json").read_text())["request"]["seed"] == changed["seed"] == 3
+
+
+def test_write_dataset_manifest_lists_every_file(tmp_path):
+    from physics_tf.data.streaming import expand_files
+
+    man = sim.write_dataset(tmp_path, {"train": 7}, seed=4, progress=False)
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert man == on_disk and on_disk["complete"] is True
+    obs = on_disk["splits"]["train"]["observations"]
+    assert {k: v["entries"] for k, v in on_disk["data_files"].items()} == {
+        "train.h5": 7, "train_set.csv": obs, "train_metadata.csv": 7}
+    assert expand_files(str(tmp_path / "train.h5")) == [str(tmp_path / "train.h5")]

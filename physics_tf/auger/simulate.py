@@ -454,7 +454,8 @@ def run_generate(cfg) -> dict[str, Any]:
     (events per HDF5 chunk and per simulation batch), ``seed``, ``force``, ``progress``, ``trace_dtype``, ``sim``
     (→ :class:`SimConfig`). Every (split, file) gets its own seed sequence, so the output is reproducible and
     does not depend on how many files exist. ``manifest.json`` records the config under ``config``
-    (:mod:`physics_tf.data.manifest`); a matching manifest skips the work unless ``force``.
+    (:mod:`physics_tf.data.manifest`, written first as in progress, last as complete with every file's events and
+    size); a matching complete manifest skips the work unless ``force``.
     """
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
@@ -478,7 +479,8 @@ def run_generate(cfg) -> dict[str, Any]:
                               bool(gen.get("force", False)))
     if old is not None:
         return old
-    manifest.start(out)
+    manifest.begin(out, {"config": manifest.as_json(config)})
+    entries: dict[str, int] = {}  # file name -> events
     total = sum(splits.values())
     t0 = time.perf_counter()
     attrs = {"grid_size": sim_cfg.grid_size, "n_bins": sim_cfg.n_bins, "bin_ns": sim_cfg.bin_ns,
@@ -493,9 +495,10 @@ def run_generate(cfg) -> dict[str, Any]:
                     bar.update(len(pieces[-1]["xmax"]))
                 events = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
                 write_hdf5(out / names[split][f_idx], events, attrs, chunk=chunk, trace_dtype=trace_dtype)
+                entries[names[split][f_idx]] = n_file
     dt = time.perf_counter() - t0
     result = {"config": manifest.as_json(config), "files": names, "seconds": round(dt, 2),
               "events_per_second": round(total / dt, 1) if dt > 0 else None}
-    manifest.write(out, result)
+    result = manifest.finish(out, result, entries)
     log.info("auger_sim: %d events in %.1f s (%.0f events/s) → %s", total, dt, total / max(dt, 1e-9), out)
     return result

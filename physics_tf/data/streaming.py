@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from physics_tf.data.errors import DataError
+from physics_tf.data.manifest import check_directory
 
 __all__ = ["Piece", "expand_files", "batches_per_rank"]
 
@@ -29,7 +30,11 @@ class Piece:
 
 
 def expand_files(patterns: Sequence[str], split: str = "") -> list[str]:
-    """Sorted, de-duplicated files matching the glob ``patterns`` (each pattern must match something)."""
+    """Sorted, de-duplicated files matching the glob ``patterns`` (each pattern must match something).
+
+    A directory of the matched files that holds a generator's ``manifest.json`` must be complete and hold exactly
+    the files it lists (:func:`physics_tf.data.manifest.check_directory`), else a one-line DataError.
+    """
     if isinstance(patterns, (str, os.PathLike)):  # one pattern given as a plain string
         patterns = [patterns]
     files: list[str] = []
@@ -40,6 +45,8 @@ def expand_files(patterns: Sequence[str], split: str = "") -> list[str]:
                     "your own files: set data.files.train/val/test)")
             raise DataError(pat, hint, f"files.{split}" if split else "files")
         files.extend(h for h in hits if h not in files)
+    for directory in dict.fromkeys(os.path.dirname(os.path.abspath(f)) for f in files):
+        check_directory(directory)
     return files
 
 

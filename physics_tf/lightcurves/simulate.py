@@ -463,15 +463,18 @@ def write_dataset(out_dir: str | Path, n: Mapping[str, int], seed: int = 42, cla
                   request: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Simulate the splits ``n = {"train": ..., "val": ..., "test": ...}`` and write, atomically,
     ``{split}.h5`` (our layout) and with ``csv`` the PLAsTiCC files ``{split}_set.csv`` + ``{split}_metadata.csv``,
-    then ``manifest.json`` (with ``request``, what :func:`run_generate` compares, when given). Returns the
-    manifest."""
+    with ``manifest.json`` (with ``request``, what :func:`run_generate` compares, when given) first as in progress
+    and last as complete, listing every file's entries and size. Returns the manifest."""
     import time
 
-    out = manifest.start(out_dir)
     content: dict[str, Any] = {"generator": "physics_tf.lightcurves.simulate", "seed": seed,
                                "classes": list(classes or CLASSES), "fractions": dict(fractions or {}),
                                "n_seasons": n_seasons, "ddf_fraction": ddf_fraction,
                                "min_detections": min_detections, "splits": {}}
+    if request is not None:
+        content["request"] = dict(request)
+    out = manifest.begin(out_dir, content)
+    entries: dict[str, int] = {}  # file name -> objects (the light-curve CSV: observations)
     for i, split in enumerate(SPLITS):
         if not n.get(split):
             continue
@@ -480,15 +483,14 @@ def write_dataset(out_dir: str | Path, n: Mapping[str, int], seed: int = 42, cla
                       id_offset=(i + 1) * 10_000_000, progress=progress)
         dt = time.perf_counter() - t
         write_lightcurves_h5(lc, out / f"{split}.h5")
+        entries[f"{split}.h5"] = len(lc)
         if csv:
             write_plasticc_csv(lc, out / f"{split}_set.csv", out / f"{split}_metadata.csv")
+            entries.update({f"{split}_set.csv": int(lc.offsets[-1]), f"{split}_metadata.csv": len(lc)})
         content["splits"][split] = {"objects": len(lc), "observations": int(lc.offsets[-1]),
                                     "objects_per_s": round(len(lc) / dt, 1)}
         log.info("%s: %d objects, %d observations, %.0f objects/s", split, len(lc), lc.offsets[-1], len(lc) / dt)
-    if request is not None:
-        content["request"] = dict(request)
-    manifest.write(out, content)
-    return content
+    return manifest.finish(out, content, entries)
 
 
 def run_generate(cfg) -> dict[str, Any]:

@@ -53,40 +53,61 @@ def load_checkpoint(path: str | Path, net: nn.Module | None = None) -> dict[str,
 
 
 def _last_checkpoints(run_dir: Path) -> list[Path]:
-    """A run directory's resumable checkpoints: checkpoints/last.ckpt and Lightning's hpc_ckpt_<n>.ckpt."""
-    return [p for p in [run_dir / "checkpoints" / "last.ckpt", *_hpc_checkpoints(run_dir)] if p.is_file()]
+    """A run directory's resumable checkpoints: checkpoints/*.ckpt (last.ckpt, the best epochs) and Lightning's
+    hpc_ckpt_<n>.ckpt; not the hidden temporary files of a write that never finished."""
+    found = [*Path(run_dir).glob("checkpoints/*.ckpt"), *_hpc_checkpoints(run_dir)]
+    return [p for p in found if p.is_file() and not p.name.startswith(".")]
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` loads (a truncated or otherwise broken file: a one-line warning naming it)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means: not this one
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        log.warning("ckpt_path=last: skipping %s, it cannot be read (%s)", path, first)
+        return False
+    return True
+
+
+def _newest_readable(candidates: list[Path]) -> Path | None:
+    # newest first; at the same time stamp (a coarse file system) last.ckpt, written after the epoch's best
+    for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True):
+        if _readable(path):
+            return path
+    return None
 
 
 def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
-    """``ckpt_path=last`` → the newest resumable checkpoint of this run directory, else of the newest sibling run.
+    """``ckpt_path=last`` → the newest readable checkpoint of this run directory, else of the newest sibling run.
 
     The run directory's own checkpoints come first (a requeued SLURM job, or ``hydra.run.dir=<old run>``); a fresh
     single run then looks at the other runs of the same experiment (``logs/<task>/<experiment>/*/``), but a sweep
     point never takes another point's checkpoint. Nothing found: a warning, and training starts from scratch.
-    A path is returned as is (a missing file is one clear line).
+    A candidate that does not load (a truncated last.ckpt after a crash or a full disk) is skipped with a
+    warning naming it, so an intact epoch checkpoint beside it is used. A path is returned as is (a missing file
+    is one clear line).
     """
     if ckpt_path in (None, "", "null"):
         return None  # under SLURM, Lightning itself resumes from this run directory's hpc_ckpt_<n>.ckpt
-    pre_empted = _hpc_checkpoints(output_dir)
-    if pre_empted and os.environ.get("SLURM_JOB_ID"):
+    pre_empted = _newest_readable(list(_hpc_checkpoints(output_dir))) if os.environ.get("SLURM_JOB_ID") else None
+    if pre_empted is not None:
         # a requeued job: continue from where the pre-empted instance stopped, not from the original ckpt_path
-        newest = max(pre_empted, key=lambda p: p.stat().st_mtime)
-        log.info("requeued SLURM job: resuming from %s instead of ckpt_path=%s", newest, ckpt_path)
-        return str(newest)
+        log.info("requeued SLURM job: resuming from %s instead of ckpt_path=%s", pre_empted, ckpt_path)
+        return str(pre_empted)
     if str(ckpt_path) != "last":
         path = Path(str(ckpt_path))
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
         return str(path)
-    candidates = _last_checkpoints(output_dir)
-    if not candidates and not output_dir.parent.name.startswith("multirun"):
-        candidates = [p for run in output_dir.parent.iterdir() if run.is_dir() and run != output_dir
-                      for p in _last_checkpoints(run)]
-    if not candidates:
-        log.warning("ckpt_path=last: no last.ckpt or hpc_ckpt_*.ckpt in %s or its sibling runs; starting from scratch",
-                    output_dir)
+    newest = _newest_readable(_last_checkpoints(output_dir))
+    if newest is None and not output_dir.parent.name.startswith("multirun"):
+        newest = _newest_readable([p for run in output_dir.parent.iterdir() if run.is_dir() and run != output_dir
+                                   for p in _last_checkpoints(run)])
+    if newest is None:
+        log.warning("ckpt_path=last: no readable checkpoints/*.ckpt or hpc_ckpt_*.ckpt in %s or its sibling runs; "
+                    "starting from scratch", output_dir)
         return None
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
     log.info("ckpt_path=last: resuming from %s", newest)
     return str(newest)
 

@@ -7,8 +7,11 @@ The resolved config is written to the run directory and stored inside every chec
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
 from physics_tf.training.callbacks import RunStateInCheckpoint, WandbTestReport
+from physics_tf.training.checkpoint_io import AtomicCheckpointIO
 from physics_tf.training.checkpoints import check_checkpoint_matches, load_run_config, resolve_ckpt_path
 from physics_tf.training.cluster import SlurmPreemption, adopt_submitit_local_ranks, check_devices, check_launch
 from physics_tf.training.legacy import UpgradingCheckpointIO
@@ -48,7 +52,22 @@ def prepare_output_dir(path: str | Path) -> Path:
 
 
 class OutputDirError(OSError):
-    """The run directory cannot be created or written."""
+    """The run directory cannot be created or written (also: its disk or quota is full)."""
+
+
+@contextlib.contextmanager
+def _disk_space_is_one_line(output_dir: Path):
+    """A full disk or quota (ENOSPC, EDQUOT) while writing checkpoints or outputs → one :class:`OutputDirError`
+    line naming the run directory and the file being written."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, OutputDirError):
+            raise
+        what = f"writing {err.filename}" if err.filename else "writing the run's outputs"
+        raise OutputDirError(f"no space left for the run directory {output_dir} ({what}: "
+                             f"{err.strerror or os.strerror(err.errno)}); free space or set hydra.run.dir "
+                             "(or paths.log_dir) to another disk") from None
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -100,10 +119,11 @@ def check_task_fits_data(task_cfg: DictConfig, datamodule: Any) -> None:
                         f"task=..., e.g. task=jets, task=lightcurves, task=auger)", "task._target_")
 
 
-def _upgrade_on_load(trainer: L.Trainer, net) -> None:
+def _checkpoint_io(trainer: L.Trainer, net) -> None:
     """Lightning's own checkpoint reads (``ckpt_path=`` of fit and test, the SLURM auto-resume) upgrade a
-    checkpoint written before the move to one wing per analysis, as :func:`load_checkpoint` does."""
-    trainer.strategy.checkpoint_io = UpgradingCheckpointIO(trainer.strategy.checkpoint_io, net)
+    checkpoint written before the move to one wing per analysis, as :func:`load_checkpoint` does; its writes are
+    atomic (:class:`AtomicCheckpointIO`: a full disk leaves no half-written ``last.ckpt``)."""
+    trainer.strategy.checkpoint_io = UpgradingCheckpointIO(AtomicCheckpointIO(trainer.strategy.checkpoint_io), net)
 
 
 def _finish_loggers(loggers: list[Any]) -> None:
@@ -129,6 +149,11 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     check_devices(cfg.trainer)
     check_launch(cfg.trainer)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
+    with _disk_space_is_one_line(output_dir):
+        return _fit_and_test(cfg, output_dir)
+
+
+def _fit_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))
     L.seed_everything(cfg.seed, workers=True)
 
@@ -153,7 +178,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.trainer.get("plugins") is None:
             extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
-    _upgrade_on_load(trainer, net)
+    _checkpoint_io(trainer, net)
     # only now: the Trainer knows this process's global rank (a node-1 process started by env vars without RANK
     # would otherwise count as rank 0 and open a second W&B run); the loggers write on global rank 0 only
     for logger in loggers:
@@ -203,6 +228,11 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild model + data from the checkpoint's stored config (or ``cfg.data`` if given) and run the test stage."""
     check_devices(cfg.trainer)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
+    with _disk_space_is_one_line(output_dir):
+        return _test(cfg, output_dir)
+
+
+def _test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     stored = OmegaConf.create(load_run_config(cfg.ckpt_path))
     data_cfg = cfg.data if cfg.get("data") else stored.data
@@ -216,7 +246,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     # with a W&B logger the evaluate run gets the same plots, tables and summary metrics as a training run's test
     callbacks = [WandbTestReport()] if any(type(lg).__name__ == "WandbLogger" for lg in loggers) else []
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    _upgrade_on_load(trainer, net)
+    _checkpoint_io(trainer, net)
     try:
         trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False, weights_only=True)
     finally:

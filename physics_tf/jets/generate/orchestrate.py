@@ -6,7 +6,9 @@ The work is cut into *chunks* (class, split, file, chunk index); each chunk runs
 ``Random:seed`` derived from (seed, class, split, file, chunk) by a hash (:func:`chunk_seed`). Files are
 assembled from their chunks in a fixed order and shuffled with a seed-derived RNG, so the same seed gives
 byte-identical arrays **whatever the number of workers**. ``manifest.json`` (:mod:`physics_tf.data.manifest`)
-records the configuration hash: generating the same configuration again is skipped unless ``force``.
+records the configuration hash: generating the same configuration again is skipped unless ``force``. It is
+written first as in progress and last as complete, with every file's jet count and size, so a killed run leaves a
+directory that readers refuse; worker processes die with the generator (:func:`_die_with_parent`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import math
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -225,12 +229,13 @@ def generate_dataset(
         summary.update(skipped=True, wall_s=time.perf_counter() - t0)
         return summary
 
-    manifest.start(out)
+    manifest.begin(out, {"config_hash": chash, "config": config})
     chunks = [ch for key in plan for ch in plan[key]]
     total = sum(ch.n for ch in chunks)
     results: dict[tuple, dict[str, object]] = {}
     pending = dict(plan)
     n_jets = {s: 0 for s in SPLITS}
+    entries: dict[str, int] = {}  # file name -> jets
     n_events = {p: 0 for p in processes}
     cpu_s = 0.0
 
@@ -241,7 +246,8 @@ def generate_dataset(
         results[key] = arrays
         for fkey in [k for k, chs in pending.items() if all(c.key in results for c in chs)]:
             chs = pending.pop(fkey)
-            n_jets[fkey[0]] += _assemble_file(paths[fkey], chs, results, int(seed))
+            entries[paths[fkey].name] = n = _assemble_file(paths[fkey], chs, results, int(seed))
+            n_jets[fkey[0]] += n
             for c in chs:
                 del results[c.key]
 
@@ -252,8 +258,12 @@ def generate_dataset(
             for ch in chunks:
                 collect(*_run_chunk(ch, bar.update))
         else:
+            from multiprocessing.managers import SyncManager
+
             ctx = mp.get_context("spawn")
-            with ctx.Manager() as mgr, ctx.Pool(min(n_workers, len(chunks))) as pool:
+            mgr = SyncManager(ctx=ctx)
+            mgr.start(_die_with_parent, (os.getpid(),))
+            with mgr, ctx.Pool(min(n_workers, len(chunks)), _die_with_parent, (os.getpid(),)) as pool:
                 q = mgr.Queue()
                 asyncs = [pool.apply_async(_run_chunk, (ch, q.put)) for ch in chunks]
                 done = 0
@@ -282,10 +292,22 @@ def generate_dataset(
         "config_hash": chash,
         "skipped": False,
     }
-    manifest.write(out, {"config_hash": chash, "config": config, "summary": summary})
+    manifest.finish(out, {"config_hash": chash, "config": config, "summary": summary}, entries)
     log.info("generated %d jets in %.1f s (%.1f jets/s, %.1f jets/s per core) -> %s",
              total, wall, summary["jets_per_s"], summary["jets_per_s_per_core"], out)
     return summary
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: have the kernel SIGKILL this process when its parent dies (Linux ``prctl``
+    ``PR_SET_PDEATHSIG``), so a killed generator leaves no worker behind; exits at once if the parent is gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _drain(q, bar, timeout: float) -> None:
