@@ -44,6 +44,8 @@ def test_in_progress_and_mismatching_directories_are_refused(tmp_path):
     assert expand_files([str(out / "train_*.root")]) == [str(out / "train_000.root")]
     assert manifest.up_to_date(out, "config", {"seed": 1}, ["train_000.root"]) is not None
 
+    (out / "train_000.h5").write_bytes(b"c")  # a cache converted from a listed file is allowed
+    assert expand_files([str(out / "train_*")]) == [str(out / "train_000.h5"), str(out / "train_000.root")]
     (out / "train_001.root").write_bytes(b"y")  # a data file the manifest does not list
     assert "does not list" in _refused(out / "train_000.root")
     (out / "train_001.root").unlink()

@@ -125,7 +125,8 @@ def check_directory(directory: str | os.PathLike) -> None:
 
     Nothing happens without ``directory/manifest.json``. Otherwise the manifest must be complete, and where it
     lists ``data_files``: each must exist with its recorded size, and no other file with one of their suffixes
-    (a data file it does not list) may be there.
+    (a data file it does not list; a cache named like a listed file, ``train_set.h5`` of ``train_set.csv``, is
+    allowed) may be there.
     """
     out = Path(directory)
     path = out / MANIFEST
@@ -150,9 +151,11 @@ def check_directory(directory: str | os.PathLike) -> None:
     if changed:
         raise DataError(str(out), f"files differ in size from the manifest: {sorted(changed)[:3]}; {rerun}",
                         "data_files")
-    suffixes = {Path(n).suffix for n in listed}
+    # a data file: a suffix of the listed files; one named like a listed file (train_set.h5 converted from
+    # train_set.csv by a data module) is a cache derived from it, not an unlisted data file
+    suffixes, stems = {Path(n).suffix for n in listed}, {Path(n).stem for n in listed}
     extra = [p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")
-             and p.suffix in suffixes and p.name not in listed]
+             and p.suffix in suffixes and p.name not in listed and p.stem not in stems]
     if extra:
         raise DataError(str(out), f"data files the manifest does not list: {sorted(extra)[:3]}; {rerun} into an "
                         "empty directory or remove them", "data_files")

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 
 from physics_tf.data.loaders import EpochMapDataLoader, trainer_epoch
 from physics_tf.data.errors import ConfigError, DataError, UnknownLabelError
+from physics_tf.data.manifest import check_directory
 from physics_tf.lightcurves.hdf5 import convert_plasticc_csv, read_lightcurves_h5
 from physics_tf.lightcurves.io import LightCurves, window
 from physics_tf.lightcurves import export as wing_export
@@ -261,6 +262,7 @@ class LightCurveDataModule(pl.LightningDataModule):
                 if not p.is_file():
                     raise DataError(p, "file not found (generated data: run `python pipelines/generate.py "
                                     "gen=lightcurves_sim`; your own: set data.files)", f"files.{split}.{field}")
+            check_directory(csv.parent)  # a generated directory must be complete (its manifest)
             if out.is_file() and out.stat().st_mtime >= max(csv.stat().st_mtime, meta.stat().st_mtime):
                 continue
             log.info("converting %s + %s -> %s", csv, meta, out)
@@ -274,6 +276,7 @@ class LightCurveDataModule(pl.LightningDataModule):
             else:
                 raise DataError(path, "file not found (generated data: run `python pipelines/generate.py "
                                 "gen=lightcurves_sim`; your own: set data.files)", f"files.{split}")
+        check_directory(Path(path).parent)  # a generated directory must be complete (its manifest)
         lc = read_lightcurves_h5(path)
         for col in ("mjd", "flux", "flux_err"):  # the models run in float32 (mjd: relative times)
             v = lc.obs[col] - (lc.obs[col].min() if col == "mjd" and len(lc.obs[col]) else 0.0)
