@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
