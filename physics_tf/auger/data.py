@@ -18,6 +18,7 @@ aux_lna        (B,)               ln A
 aux_lg_energy  (B,)               lg(E/eV)
 aux_zenith     (B,)               rad
 aux_primary    (B,) int64         primary index
+aux_index      (B,) int64         event's position in the split (file order; validation / test only)
 =============  =================  ==========================================================
 
 Streaming: each split is cut into blocks of
@@ -174,7 +175,8 @@ class AugerDataset(IterableDataset):
     def _iter_eval(self, worker_id: int, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
         """Rank r reads events [r·S, (r + 1)·S) with S = ceil(N / world_size), in file order; indices past the
         end wrap to the start of the split (as ``torch.utils.data.DistributedSampler`` pads), so every rank
-        yields ceil(S / batch_size) batches and with world_size > 1 up to world_size − 1 events are counted twice.
+        yields ceil(S / batch_size) batches and with world_size > 1 up to world_size − 1 events are read twice
+        (their ``aux_index`` lets the test stage count them once).
         A rank's batches are dealt to its workers in contiguous runs."""
         span, bs = self._eval_span(), self.batch_size
         n_batches = math.ceil(span / bs)
@@ -184,8 +186,10 @@ class AugerDataset(IterableDataset):
         lo, hi = b0 * bs, min(b1 * bs, span)
         for a in range(lo, hi, step):
             raw = self._read_global(start + a, start + min(a + step, hi))
+            index = (start + a + np.arange(len(raw["xmax"]))) % self.num_entries  # a padded event keeps its index
             for s in range(0, len(raw["xmax"]), bs):
-                yield to_batch({k: v[s : s + bs] for k, v in raw.items()}, self.targets, self.target_norm)
+                batch = to_batch({k: v[s : s + bs] for k, v in raw.items()}, self.targets, self.target_norm)
+                yield {**batch, "aux_index": torch.from_numpy(index[s : s + bs])}  # (B,) int64
 
     def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
                     ) -> Iterator[dict[str, torch.Tensor]]:
@@ -286,3 +290,9 @@ class AugerDataModule(StreamingDataModule):
             chunk_events=self.chunk_events, shuffle_blocks=self.shuffle_blocks, augment=self.augment,
             seed=self.seed, rank=rank, world_size=world)
 
+
+    def split_counts(self, split: str) -> dict[str, int]:
+        """``num_entries``: the events of the split, each of which the test stage must see exactly once
+        (:func:`physics_tf.tasks.metrics.sample_counts`)."""
+        dataset = self.datasets.get(split)
+        return {} if dataset is None else {"num_entries": int(dataset.num_entries)}

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import awkward as ak
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+
 from physics_tf.data.loaders import StreamingDataModule
 from physics_tf.jets.dataset import JetIterableDataset, build_pieces
-from physics_tf.jets.features import JetDataConfig
+from physics_tf.jets.features import FORMATS, JetDataConfig
+from physics_tf.jets.readers import make_reader
 from physics_tf.jets import export as wing_export
 
 __all__ = ["JetDataModule"]
@@ -26,7 +31,7 @@ class JetDataModule(StreamingDataModule):
     ----------
     files
         ``{train: [globs], val: [globs], test: [globs]}``; a missing / null split has no loader.
-    format, labels, features, vectors, variables, selection, treename, pad_length, chunk_size
+    format, labels, features, vectors, variables, selection, treename, pad_length, chunk_size, skip_unlabelled
         See :class:`physics_tf.jets.features.JetDataConfig`.
     batch_size
         Jets per batch (per rank).
@@ -43,11 +48,12 @@ class JetDataModule(StreamingDataModule):
     def __init__(self, files: Mapping[str, Any], format: str = "jetclass_root", labels=None, features: Any = "kin",
                  vectors=None, variables=None, selection: str | None = None, treename: str = "tree",
                  pad_length: int = 128, chunk_size: int = 10_000, batch_size: int = 256, num_workers: int = 0,
-                 shuffle_buffer: int = 10_000, seed: int = 0, pin_memory: bool = False):
+                 shuffle_buffer: int = 10_000, seed: int = 0, pin_memory: bool = False,
+                 skip_unlabelled: bool = False):
         super().__init__()
         kw: dict[str, Any] = dict(files=files or {}, format=format, features=features,
                                   variables=variables or {}, selection=selection, treename=treename,
-                                  pad_length=pad_length, chunk_size=chunk_size)
+                                  pad_length=pad_length, chunk_size=chunk_size, skip_unlabelled=bool(skip_unlabelled))
         if labels is not None:
             kw["labels"] = labels
         if vectors is not None:
@@ -99,3 +105,23 @@ class JetDataModule(StreamingDataModule):
             self.cfg, files, self.batch_size, train=(split == "train"), shuffle_buffer=self.shuffle_buffer,
             seed=self.seed, rank=rank, world_size=world, pieces=build_pieces(files, self.cfg))
 
+
+    def split_counts(self, split: str) -> dict[str, int]:
+        """What the test stage checks its sample count against (:meth:`physics_tf.tasks.base.Task.check_counts`):
+        ``num_entries``, the jets in the split's files, and with ``skip_unlabelled`` ``num_skipped_unlabelled``,
+        the jets among them with no label flag set (the label branches are read once more for it)."""
+        dataset = self.datasets.get(split)
+        if dataset is None:
+            return {}
+        counts = {"num_entries": int(dataset.num_entries)}
+        if self.cfg.skip_unlabelled:
+            labels = FORMATS[self.cfg.format]
+            skipped = 0
+            for f in dataset.files:
+                for chunk in make_reader(f, self.cfg, branches=labels).iterate(0, None, self.cfg.chunk_size):
+                    flags = np.stack([ak.to_numpy(chunk[name]) != 0 for name in labels])  # (labels, n)
+                    skipped += int((~flags.any(axis=0)).sum())
+            rank_zero_info(f"{split} split: {skipped} of {counts['num_entries']} jets have no label flag set and "
+                           "were skipped (data.skip_unlabelled)")
+            counts["num_skipped_unlabelled"] = skipped
+        return counts

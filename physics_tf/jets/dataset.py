@@ -20,13 +20,17 @@ metadata before reading:
 * val/test (``drop_last=False``): ``B = ceil(ceil(N / world_size) / batch_size)`` batches per rank; the last
   batch of a worker may be partial; a rank whose span is one jet too short for B batches reads its first jet
   again (the way ``torch.utils.data.DistributedSampler`` pads), so with world_size > 1 up to world_size jets
-  may be counted twice. With world_size = 1 nothing is repeated.
+  may be read twice (the test stage counts them once by their ``aux_index``). With world_size = 1 nothing is
+  repeated.
 
 Jets dropped by :func:`~physics_tf.jets.features.chunk_to_arrays` (no selected label, zero particles, failed
 selection) are unknown to the metadata; a worker then keeps reading past its region, cyclically within its
 rank's span, until its quota of jets is filled (these jets are seen twice in that epoch; a warning is
 logged). Glob only the files of the selected classes to avoid this. If a whole span yields no jet at all a
 :class:`~physics_tf.data.errors.DataError` is raised instead of looping.
+
+Every batch carries ``aux_index (B,)`` int64, the jet's entry over the split (file offset + entry, files in
+split order), so the test stage counts a jet that was read twice once (:meth:`physics_tf.tasks.base.Task`).
 
 Determinism: for a given ``(seed, epoch, world_size, num_workers)`` the batches are identical across runs.
 """
@@ -38,6 +42,7 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,12 +50,22 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from physics_tf.data.errors import DataError, EmptyFileError
 from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank
-from physics_tf.jets.features import ChunkArrays, JetDataConfig, chunk_to_arrays
+from physics_tf.jets.features import JetDataConfig, chunk_to_arrays
 from physics_tf.jets.readers import make_reader
 
 __all__ = ["build_pieces", "JetIterableDataset"]
 
 log = logging.getLogger(__name__)
+
+
+class _Jets(NamedTuple):
+    """Surviving jets of a chunk: :class:`ChunkArrays` plus their entry over the split."""
+
+    x: np.ndarray  # (N, P, C) float32
+    v: np.ndarray  # (N, P, 4) float32
+    mask: np.ndarray  # (N, P) bool
+    y: np.ndarray  # (N,) int64
+    index: np.ndarray  # (N,) int64, file offset + entry
 
 
 def build_pieces(files: Sequence[str], cfg: JetDataConfig) -> list[Piece]:
@@ -66,7 +81,7 @@ def build_pieces(files: Sequence[str], cfg: JetDataConfig) -> list[Piece]:
 
 
 class JetIterableDataset(IterableDataset):
-    """Yields batch dicts ``{"x", "v", "mask", "y"}`` (see the batch contract); use ``batch_size=None``.
+    """Yields batch dicts ``{"x", "v", "mask", "y", "aux_index"}`` (batch contract); use ``batch_size=None``.
 
     Parameters
     ----------
@@ -103,6 +118,12 @@ class JetIterableDataset(IterableDataset):
         self.seed = int(seed)
         self.pieces = list(pieces) if pieces is not None else build_pieces(self.files, cfg)
         self.num_entries = sum(p.size for p in self.pieces)
+        # entry of each file's first jet over the split (files in split order): aux_index = offset + entry
+        self.file_offsets: dict[str, int] = {}
+        seen = 0
+        for p in self.pieces:  # a file's pieces are contiguous and start at entry 0 (build_pieces)
+            self.file_offsets.setdefault(p.file, seen - p.start)
+            seen += p.size
         if self.num_entries == 0:
             raise EmptyFileError(", ".join(self.files) or "<no files>", "the split holds no entries")
         # shared with DataLoader workers (also persistent ones): set_epoch() in the main process is seen there
@@ -160,8 +181,8 @@ class JetIterableDataset(IterableDataset):
         return span_start, span_size, offset, quotas[worker_id]
 
     # ------------------------------------------------------------------ iteration
-    def _read(self, seq: list[Piece], cum: np.ndarray, pos: int, length: int, stats: dict):
-        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as ChunkArrays."""
+    def _read(self, seq: list[Piece], cum: np.ndarray, pos: int, length: int, stats: dict | None):
+        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as :class:`_Jets`."""
         while length > 0:
             i = bisect.bisect_right(cum, pos) - 1
             piece = seq[i]
@@ -170,26 +191,35 @@ class JetIterableDataset(IterableDataset):
             reader = make_reader(piece.file, self.cfg)
             cur = s
             for chunk in reader.iterate(s, e, step_size=self.cfg.chunk_size):
-                yield chunk_to_arrays(chunk, self.cfg, source=piece.file, entry_start=cur, stats=stats)
+                ca, entries = chunk_to_arrays(chunk, self.cfg, source=piece.file, entry_start=cur, stats=stats,
+                                              return_entries=True)
+                yield _Jets(*ca, entries + self.file_offsets[piece.file])
                 cur += len(chunk)
             length -= e - s
             pos += e - s
 
-    def _worker_chunks(self, epoch: int, worker_id: int, num_workers: int, stats: dict) -> Iterator[ChunkArrays]:
-        """Survivor chunks of this worker, exactly ``quota`` jets in total."""
+    def _worker_chunks(self, epoch: int, worker_id: int, num_workers: int, stats: dict) -> Iterator[_Jets]:
+        """Survivor chunks of this worker, exactly ``quota`` jets in total.
+
+        ``stats`` counts the worker's own region only (entries ``offset`` to ``offset + quota`` of the span, up to
+        its end), so the regions of all workers and ranks count every entry of the split once; a re-read does not.
+        """
         span_start, span_size, offset, quota = self.worker_plan(epoch, worker_id, num_workers)
         if quota <= 0:
             return
         seq = self._epoch_pieces(epoch)
         cum = np.concatenate([[0], np.cumsum([p.size for p in seq])])
         need, read, kept_total, warned = quota, 0, 0, False
+        own = max(0, min(quota, span_size - offset))  # entries of this worker's own region
         pos = offset % span_size
         while need > 0:
             length = min(self.cfg.chunk_size, need, span_size - pos)
-            for ca in self._read(seq, cum, span_start + pos, length, stats):
+            if read < own:
+                length = min(length, own - read)
+            for ca in self._read(seq, cum, span_start + pos, length, stats if read < own else None):
                 n = min(len(ca.y), need)
                 if n:
-                    yield ChunkArrays(ca.x[:n], ca.v[:n], ca.mask[:n], ca.y[:n])
+                    yield _Jets(*(a[:n] for a in ca))
                 need -= n
                 kept_total += n
             read += length
@@ -203,11 +233,12 @@ class JetIterableDataset(IterableDataset):
                 raise DataError(seq[0].file, f"no jet of entries {span_start}-{span_start + span_size} survives "
                                 "the labels/selection", "labels")
 
-    def _to_batch(self, x, v, mask, y) -> dict[str, torch.Tensor]:
+    def _to_batch(self, x, v, mask, y, index) -> dict[str, torch.Tensor]:
         return {"x": torch.from_numpy(np.ascontiguousarray(x)),  # (B, P, C) float32
                 "v": torch.from_numpy(np.ascontiguousarray(v)),  # (B, P, 4) float32
                 "mask": torch.from_numpy(np.ascontiguousarray(mask)),  # (B, P) bool
-                "y": torch.from_numpy(np.ascontiguousarray(y))}  # (B,) int64
+                "y": torch.from_numpy(np.ascontiguousarray(y)),  # (B,) int64
+                "aux_index": torch.from_numpy(np.ascontiguousarray(index))}  # (B,) int64, entry over the split
 
     def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
                     ) -> Iterator[dict[str, torch.Tensor]]:
@@ -217,14 +248,14 @@ class JetIterableDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, gid, 1])
         bs = self.batch_size
         keep = self.shuffle_buffer if self.train else 0
-        buf: list[ChunkArrays] = []
+        buf: list[_Jets] = []
         buffered = 0
         stats: dict = {}
 
         def drain(final: bool):
             nonlocal buf, buffered
             arrs = [np.concatenate([getattr(c, f) for c in buf]) if len(buf) > 1 else getattr(buf[0], f)
-                    for f in ChunkArrays._fields]
+                    for f in _Jets._fields]
             buf = []  # the concatenation holds the data now: let the chunks go
             # train: gather each batch (and the kept rest) through the permutation instead of permuting a whole
             # copy of the buffer first — the same batches, one buffer-sized copy less at the memory peak
@@ -236,7 +267,7 @@ class JetIterableDataset(IterableDataset):
             used = min(n_out * bs, buffered)
             if buffered - used:
                 rest = slice(used, None) if order is None else order[used:]
-                buf = [ChunkArrays(*(a[rest] for a in arrs))]
+                buf = [_Jets(*(a[rest] for a in arrs))]
             del arrs
             buffered -= used
 
@@ -247,6 +278,9 @@ class JetIterableDataset(IterableDataset):
                 yield from drain(final=False)
         if buffered:
             yield from drain(final=True)
+        if stats.get("skipped_no_label"):
+            log.warning("rank %d worker %d: skipped %d jets with no label flag set (data.skip_unlabelled)",
+                        self.rank, worker_id, stats["skipped_no_label"])
         if stats.get("dropped_no_particles"):
             log.warning("rank %d worker %d: dropped %d jets with zero particles this epoch", self.rank, worker_id,
                         stats["dropped_no_particles"])

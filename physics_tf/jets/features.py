@@ -89,7 +89,8 @@ class JetDataConfig:
         ``"jetclass_root"`` or ``"toptagging_h5"``.
     labels
         Ordered one-hot label branch names; the class index ``y`` is the position in this list. A subset of
-        the format's labels is allowed: jets whose label is none of them are skipped.
+        the format's labels is allowed: jets whose label is none of them are skipped. Every label of the format
+        is read, so a jet with no label flag set at all is told apart from a jet of another class.
     features
         Ordered feature name -> spec (``{expr, subtract, multiply, clip}``), or the name of a published set
         (``"kin"``, ``"kinpid"``, ``"full"``).
@@ -102,6 +103,9 @@ class JetDataConfig:
         Optional per-jet boolean expression; jets where it is False are skipped.
     treename, pad_length, chunk_size
         ROOT tree name; particles per jet after padding/truncation; entries per read chunk (= per piece).
+    skip_unlabelled
+        A jet with no label flag set is a :class:`DataError` naming file and entry (False, the default), or is
+        skipped and counted (True).
     """
 
     files: dict[str, list[str]]
@@ -115,6 +119,7 @@ class JetDataConfig:
     treename: str = "tree"
     pad_length: int = 128
     chunk_size: int = 10_000
+    skip_unlabelled: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -183,7 +188,7 @@ class JetDataConfig:
         exprs: list[Expression] = list(self.feature_exprs)
         if self.selection_expr is not None:
             exprs.append(self.selection_expr)
-        needed: set[str] = set(self.vectors) | set(self.labels)
+        needed: set[str] = set(self.vectors) | set(self.labels) | set(FORMATS[self.format])
         pending = [n for e in exprs for n in e.names]
         seen: set[str] = set()
         while pending:
@@ -232,7 +237,8 @@ def _flat_float(a, n_expected: int, source: str, name: str) -> np.ndarray:
 
 
 def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chunk>", entry_start: int = 0,
-                    stats: dict | None = None) -> ChunkArrays:
+                    stats: dict | None = None, return_entries: bool = False
+                    ) -> ChunkArrays | tuple[ChunkArrays, np.ndarray]:
     """Apply labels, selection and features of ``cfg`` to one chunk and pad to ``cfg.pad_length``.
 
     Parameters
@@ -246,8 +252,11 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
     entry_start
         File entry number of the first jet of the chunk (for error messages).
     stats
-        Optional dict incremented with ``jets_read``, ``jets_kept``, ``dropped_unlabelled``,
-        ``dropped_no_particles``, ``dropped_selection``.
+        Optional dict incremented with ``jets_read``, ``jets_kept``, ``dropped_unlabelled`` (no selected label
+        set: other classes and jets with no label flag), ``skipped_no_label`` (no label flag set at all, with
+        ``cfg.skip_unlabelled``), ``dropped_no_particles``, ``dropped_selection``.
+    return_entries
+        Also return the file entry numbers of the surviving jets, ``(N,)`` int64.
 
     Returns
     -------
@@ -258,8 +267,9 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
     Notes
     -----
     Jets are skipped (and counted) when none of the selected labels is set (label subsets), when they
-    hold zero particles, or when ``cfg.selection`` is False. More than one selected label set, a non-finite
-    label, or a NaN/inf feature / vector value raise :class:`DataError` naming the field.
+    hold zero particles, or when ``cfg.selection`` is False. A jet with no label flag of the format set at all,
+    unless ``cfg.skip_unlabelled``, more than one selected label set, a non-finite label, or a NaN/inf feature /
+    vector value raise :class:`DataError` naming the field.
     """
     n = len(arrays)
     fields = set(arrays.fields)
@@ -285,6 +295,15 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
         names = [cfg.labels[k] for k in np.nonzero(on[i])[0]]
         raise InvalidValueError(source, f"entry {entries[i]} has several labels set: {names}", names[0])
     keep = n_on == 1
+    others = [name for name in FORMATS[cfg.format] if name not in cfg.labels and name in fields]
+    flagged = keep | np.any([ak.to_numpy(arrays[name]) != 0 for name in others], axis=0) if others else keep
+    if not flagged.all():
+        if not cfg.skip_unlabelled:
+            bad = entries[~flagged]
+            raise InvalidValueError(source, f"entry {bad[0]} has no label flag set ({len(bad)} such jet(s) in "
+                                    f"entries {entries[0]}-{entries[-1]}; data.skip_unlabelled=true skips them)",
+                                    "labels")
+        _count(stats, "skipped_no_label", (~flagged).sum())
     _count(stats, "dropped_unlabelled", (~keep).sum())
 
     counts_all = ak.to_numpy(ak.num(arrays[cfg.vectors[0]], axis=1))
@@ -378,4 +397,4 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
 
     mask = np.zeros((N, P), bool)  # (N, P)
     mask[rows, cols] = True
-    return ChunkArrays(x, v, mask, y)
+    return (ChunkArrays(x, v, mask, y), entries) if return_entries else ChunkArrays(x, v, mask, y)

@@ -32,6 +32,7 @@ from physics_tf.data.errors import (
     ConfigError,
     CorruptFileError,
     DataError,
+    InvalidValueError,
     MissingFieldError,
 )
 from physics_tf.jets.features import JetDataConfig
@@ -233,7 +234,18 @@ class TopTaggingH5Reader:
                     comp = {c: np.stack([col(f"{c}_{i}") for i in range(n_const)], axis=1).astype(np.float64)
                             for c in ("E", "PX", "PY", "PZ")}  # each (n, n_const)
                     sig = col("is_signal_new") if need_label else None
+                self._check_finite(comp, s)
                 yield self._convert(comp, sig)
+
+    def _check_finite(self, comp: Mapping[str, np.ndarray], row0: int) -> None:
+        """A NaN / inf in a constituent column is blamed on that column of the file (``E_3``) and its entry, not
+        on the jet quantities derived from it (``jet_energy`` = the sum of the ``E_i``)."""
+        for c in ("E", "PX", "PY", "PZ"):
+            bad = ~np.isfinite(comp[c])  # (n, n_const)
+            if bad.any():
+                row, i = (int(k) for k in np.argwhere(bad)[0])
+                raise InvalidValueError(self.path, f"{int(bad.sum())} non-finite value(s) (NaN/inf), first at "
+                                        f"entry {row0 + row}: {comp[c][row, i]}", f"{c}_{i}")
 
     def _convert(self, comp: Mapping[str, np.ndarray], sig) -> ak.Array:
         """Constituent columns -> JetClass-style branches (see module docstring)."""

@@ -16,7 +16,7 @@ In memory a set of light curves is a :class:`LightCurves`: the observations of a
 of the data. Our HDF5 layout of the same arrays, and the CSV → HDF5 conversion, are in
 :mod:`physics_tf.lightcurves.hdf5`.
 
-Bad input raises a one-line :class:`~physics_tf.data.errors.DataError` naming file, column and object id:
+Bad input raises a one-line :class:`~physics_tf.data.errors.DataError` naming file, column, line, object id, value:
 missing columns, unknown passband values, NaN flux (and NaN/negative flux_err, NaN mjd), objects with no
 observations, metadata and light curves disagreeing on object ids, mjd not sorted within an object,
 rows of one object not contiguous.
@@ -144,14 +144,27 @@ def _parse(path, lines: list[str], first_line: int) -> np.ndarray:
     return arr
 
 
-def _validate_chunk(path, oid: np.ndarray, obs: dict[str, np.ndarray]) -> None:
-    """One-line errors for the checks that need only the rows themselves (vectorised)."""
+def _found(path, line: int, column: int) -> str:
+    """Field ``column`` (0-based) of line ``line`` as written: for errors, as ``abc`` and ``""`` both parse to NaN."""
+    with _open_text(path) as fh:
+        text = next(itertools.islice(fh, line - 1, None), "")
+    fields = text.rstrip("\r\n").split(",")
+    return fields[column].strip() if column < len(fields) else "<missing>"
+
+
+def _validate_chunk(path, oid: np.ndarray, obs: dict[str, np.ndarray], lines: np.ndarray,
+                    columns: dict[str, int]) -> None:
+    """One-line errors for the checks that need only the rows themselves (vectorised): file, column, line,
+    object id and the value as written. ``lines``: each row's line number; ``columns``: the file's column indices."""
     def fail(bad: np.ndarray, col: str, what: str):
         k = int(np.flatnonzero(bad)[0])
-        raise InvalidValueError(path, f"object_id {int(oid[k])}: {what} (row value {obs.get(col, oid)[k]!r})", col)
+        who = f"object_id {int(oid[k])}: " if np.isfinite(oid[k]) else ""
+        raise InvalidValueError(path, f"line {int(lines[k])}: {who}{what} (found "
+                                f"{_found(path, int(lines[k]), columns[col])!r})", col)
 
-    if not np.all(np.isfinite(oid)):
-        raise InvalidValueError(path, "object_id is empty / NaN in some row", "object_id")
+    bad = ~np.isfinite(oid)
+    if bad.any():
+        fail(bad, "object_id", "object_id is empty / not a number")
     pb = obs["passband"]
     bad = ~np.isfinite(pb) | (pb != np.round(pb)) | (pb < 0) | (pb >= len(BANDS))
     if bad.any():
@@ -159,10 +172,10 @@ def _validate_chunk(path, oid: np.ndarray, obs: dict[str, np.ndarray]) -> None:
     for col in ("mjd", "flux"):
         bad = ~np.isfinite(obs[col])
         if bad.any():
-            fail(bad, col, "NaN / infinite value")
+            fail(bad, col, "not a number / infinite")
     bad = ~np.isfinite(obs["flux_err"]) | (obs["flux_err"] < 0)
     if bad.any():
-        fail(bad, "flux_err", "NaN / infinite / negative value")
+        fail(bad, "flux_err", "not a number / infinite / negative")
     same = oid[1:] == oid[:-1]
     bad = np.concatenate([[False], same & (np.diff(obs["mjd"]) < 0)])
     if bad.any():
@@ -183,33 +196,39 @@ def iter_lightcurve_csv(path: str | os.PathLike, chunk_rows: int = 1_000_000) ->
             raise CorruptFileError(path, "empty file (no header line)")
         idx = _header(path, head, LC_COLUMNS)
         carry: np.ndarray | None = None
+        carry_lines: np.ndarray | None = None
         line_no = 2
         while True:
-            lines = list(itertools.islice(fh, int(chunk_rows)))
-            lines = [ln for ln in lines if ln.strip()]
-            last = not lines
+            raw = list(itertools.islice(fh, int(chunk_rows)))
+            first, line_no = line_no, line_no + len(raw)
+            row_lines = np.array([first + k for k, ln in enumerate(raw) if ln.strip()], np.int64)  # (rows,)
+            lines = [ln for ln in raw if ln.strip()]
+            last = not raw
             if lines:
-                arr = _parse(path, lines, line_no)
-                line_no += len(lines)
+                arr = _parse(path, lines, first)
                 if arr.shape[1] <= max(idx.values()):
-                    raise CorruptFileError(path, f"rows near line {line_no} have {arr.shape[1]} fields, "
+                    raise CorruptFileError(path, f"rows near line {first} have {arr.shape[1]} fields, "
                                            f"expected {max(idx.values()) + 1}")
                 arr = arr[:, [idx[c] for c in LC_COLUMNS]]  # (rows, 6) in LC_COLUMNS order
-                arr = arr if carry is None else np.concatenate([carry, arr])
+                if carry is not None:
+                    arr, row_lines = np.concatenate([carry, arr]), np.concatenate([carry_lines, row_lines])
+            elif not last:  # a chunk of blank lines only
+                continue
+            elif carry is None:
+                return
             else:
-                if carry is None:
-                    return
-                arr = carry
+                arr, row_lines = carry, carry_lines
             oid = arr[:, 0]
             if not last:  # hold back the (possibly incomplete) last object
                 cut = int(np.flatnonzero(oid != oid[-1])[-1]) + 1 if np.any(oid != oid[-1]) else 0
                 carry, arr, oid = arr[cut:], arr[:cut], oid[:cut]
+                carry_lines, row_lines = row_lines[cut:], row_lines[:cut]
             else:
-                carry = None
+                carry = carry_lines = None
             if len(arr) == 0:
                 continue
             obs = {c: arr[:, j + 1] for j, c in enumerate(OBS_FIELDS)}
-            _validate_chunk(path, oid, obs)
+            _validate_chunk(path, oid, obs, row_lines, idx)
             starts = np.concatenate([[0], np.flatnonzero(oid[1:] != oid[:-1]) + 1])
             ids = oid[starts].astype(np.int64)
             dup = [int(i) for i in ids if int(i) in seen]
@@ -232,12 +251,16 @@ def read_metadata_csv(path: str | os.PathLike, require_target: bool = False) -> 
             raise CorruptFileError(path, "empty file (no header line)")
         required = META_COLUMNS if require_target else META_COLUMNS[:-1]
         idx = _header(path, head, required, optional=("target",))
-        lines = [ln for ln in fh if ln.strip()]
+        raw = list(fh)
+    lines = [ln for ln in raw if ln.strip()]
+    row_lines = np.array([2 + k for k, ln in enumerate(raw) if ln.strip()], np.int64)  # (rows,) line numbers
     arr = _parse(path, lines, 2) if lines else np.zeros((0, len(head.split(","))))
     meta = {c: arr[:, idx[c]].copy() for c in META_COLUMNS if c in idx}
     oid = meta["object_id"]
     if not np.all(np.isfinite(oid)):
-        raise InvalidValueError(path, "object_id is empty / NaN in some row", "object_id")
+        k = int(np.flatnonzero(~np.isfinite(oid))[0])
+        raise InvalidValueError(path, f"line {row_lines[k]}: object_id is empty / not a number (found "
+                                f"{_found(path, int(row_lines[k]), idx['object_id'])!r})", "object_id")
     meta["object_id"] = oid.astype(np.int64)
     u, n = np.unique(meta["object_id"], return_counts=True)
     if np.any(n > 1):
@@ -246,7 +269,9 @@ def read_metadata_csv(path: str | os.PathLike, require_target: bool = False) -> 
         t = meta["target"]
         if not np.all(np.isfinite(t)):
             k = int(np.flatnonzero(~np.isfinite(t))[0])
-            raise InvalidValueError(path, f"object_id {int(meta['object_id'][k])}: target is empty / NaN", "target")
+            raise InvalidValueError(path, f"line {row_lines[k]}: object_id {int(meta['object_id'][k])}: target is "
+                                    f"empty / not a number (found {_found(path, int(row_lines[k]), idx['target'])!r})",
+                                    "target")
         meta["target"] = t.astype(np.int64)
     else:
         meta["target"] = np.full(len(oid), -1, np.int64)

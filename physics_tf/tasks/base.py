@@ -1,17 +1,18 @@
 """The task base every analysis's LightningModule builds on, and the batch contract.
 
 Batch contract: a batch is a dict of tensors. The targets are ``y`` (class index or regression targets) and an
-optional per-example ``weight``; keys starting with ``aux_`` carry truth information for monitoring only. Every
-other key is an input of the network and is passed to ``net(**inputs)`` by name — jets give ``x, v, mask``,
-other analyses whatever their models' ``forward`` takes.
+optional per-example ``weight``; keys starting with ``aux_`` carry truth for monitoring only (``aux_index`` (B,)
+int64: each sample's entry over the split). Every other key is an input of the network and is passed to
+``net(**inputs)`` by name — jets give ``x, v, mask``, other analyses whatever their models' ``forward`` takes.
 
 :class:`Task` holds what every task does the same way: AdamW with the weight-decay split
 (:func:`split_weight_decay_params`), a per-step linear warm-up + cosine/linear decay
 (:mod:`physics_tf.tasks.schedulers`) over :func:`estimate_total_steps`, the test stage (per-sample outputs
-gathered from every DDP rank, a summary, ``metrics.json`` and ``predictions.npz`` written atomically, plots) and
-the report hook :meth:`Task.report_tables` through which the W&B callback gets an analysis's tables without
-knowing the analysis. A head (:mod:`~physics_tf.tasks.classification`, :mod:`~physics_tf.tasks.regression`)
-supplies the loss and the test numbers; an analysis's task subclasses a head.
+gathered from every DDP rank, each sample once by its ``aux_index`` where the batches carry one, a summary,
+``metrics.json`` and ``predictions.npz`` written atomically, plots) and the report hook :meth:`Task.report_tables`
+through which the W&B callback gets an analysis's tables without knowing the analysis. A head
+(:mod:`~physics_tf.tasks.classification`, :mod:`~physics_tf.tasks.regression`) supplies the loss and the test
+numbers; an analysis's task subclasses a head.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from physics_tf.data.atomic import atomic_path
-from physics_tf.tasks.metrics import PredictionAccumulator
+from physics_tf.tasks.metrics import PredictionAccumulator, sample_counts, unique_samples
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 from physics_tf.training.reporting import Table
 
@@ -230,6 +231,7 @@ class Task(L.LightningModule):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.test_summary: dict[str, Any] | None = None
         self.test_arrays: dict[str, np.ndarray] | None = None
+        self.test_index = PredictionAccumulator("index")  # batches' aux_index (B,): sample identity over the split
 
     @staticmethod
     def _net_config(net: nn.Module) -> dict[str, Any] | None:
@@ -272,6 +274,7 @@ class Task(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_outputs.reset()
+        self.test_index.reset()
         self.test_summary, self.test_arrays = None, None
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -279,17 +282,26 @@ class Task(L.LightningModule):
         size = next(iter(samples.values())).shape[0]
         self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
         self.test_outputs.update(**samples)
+        if "aux_index" in batch:
+            self.test_index.update(index=batch["aux_index"])
         return loss
 
     def on_test_epoch_end(self) -> None:
         if not self.test_outputs.has_data:
             raise ValueError(f"{type(self).__name__}: the test stage saw no samples (is the test split empty?)")
         gathered = self.test_outputs.compute()  # all ranks' samples; collective, so every rank calls it
+        index = self.test_index.compute()["index"] if self.test_index.has_data else None  # collective too
         self.test_outputs.reset()
         if not self.trainer.is_global_zero:
             return
         arrays = {key: value.cpu().numpy() for key, value in gathered.items()}
-        summary = self.summarize_test(arrays)
+        counted: dict[str, int] = {}
+        if index is not None:  # DDP padding and re-reads repeat samples: each counts once
+            arrays = unique_samples(arrays, index.cpu().numpy())
+            dm, lim = getattr(self.trainer, "datamodule", None), self.trainer.limit_test_batches  # int: a part
+            counted = sample_counts(arrays["index"], dm.split_counts("test") if hasattr(dm, "split_counts") else {},
+                                    rows=len(index), complete=not isinstance(lim, int) and lim >= 1.0)
+        summary = {**self.summarize_test(arrays), **counted}
         self.test_summary, self.test_arrays = summary, arrays
         for key, value in self.test_log_values(summary).items():
             self.log(f"test/{key}", value, rank_zero_only=True)
@@ -316,7 +328,7 @@ class Task(L.LightningModule):
         text = json.dumps(summary, indent=2, sort_keys=flat) + "\n"
         with atomic_path(out_dir / "metrics.json") as tmp, open(tmp, "wb") as fh:
             fh.write(text.encode())
-        predictions = self.prediction_arrays(arrays)
+        predictions = self.prediction_arrays(arrays) | ({"index": arrays["index"]} if "index" in arrays else {})
         with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **predictions)
         try:

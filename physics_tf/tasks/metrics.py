@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc, multiclass_confusion_matrix
 from torchmetrics.utilities import dim_zero_cat
+
+from physics_tf.data.errors import DataError
 
 __all__ = [
     "ClassificationMetrics",
@@ -44,6 +47,8 @@ __all__ = [
     "per_class_auc",
     "per_class_table",
     "roc_curve",
+    "sample_counts",
+    "unique_samples",
 ]
 
 
@@ -206,7 +211,7 @@ class PredictionAccumulator(Metric):
     ``compute()`` returns ``{"probs": (N, K), "labels": (N,)}`` holding the samples of every rank (states are
     reduced with ``"cat"``; dtypes as given). Call it on *all* ranks — it performs a collective all-gather — then
     use the result on rank 0 only. With a ``DistributedSampler`` that pads the last batch some samples may appear
-    twice.
+    twice: :func:`unique_samples` keeps one of each.
     """
 
     full_state_update = False
@@ -238,6 +243,47 @@ class PredictionAccumulator(Metric):
         if not self.has_data:
             raise ValueError("PredictionAccumulator: compute() called before any update()")
         return {name: dim_zero_cat(getattr(self, name)) for name in self.fields}
+
+
+def unique_samples(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of ``arrays`` (each ``(N, ...)``) with the first occurrence of each sample ``index (N,)`` only, in
+    their order, plus ``"index"``: a sample a sharded loader read twice (DDP padding, a re-read) counts once."""
+    index = np.asarray(index, dtype=np.int64)
+    rows = {k: len(a) for k, a in arrays.items() if len(a) != len(index)}
+    if rows:
+        raise ValueError(f"unique_samples: {len(index)} indices but rows {rows}")
+    keep = np.sort(np.unique(index, return_index=True)[1])  # (n,) first occurrences, in gathered order
+    return {**{k: a[keep] for k, a in arrays.items()}, "index": index[keep]}
+
+
+def sample_counts(index: np.ndarray, counts: dict[str, int], split: str = "test", rows: int | None = None,
+                  complete: bool = True) -> dict[str, int]:
+    """Check the distinct sample ``index (n,)`` of a split against what its data module says it holds (and log
+    the count; ``rows``: the gathered rows before :func:`unique_samples`; ``complete``: False when the test read
+    only a part of the split, then only repeats are checked).
+
+    ``counts``: ``num_entries`` (samples in the split's files, entries ``0 .. num_entries - 1``) and counts of
+    samples left out on purpose (e.g. ``num_skipped_unlabelled``). Repeated or out-of-range indices are a one-line
+    :class:`DataError`; fewer samples than expected a warning. Returns the purposeful counts (for the summary).
+    """
+    n = len(index)
+    rank_zero_info(f"{split}: {n} distinct samples ({(rows or n) - n} repeated rows left out)")
+    if np.unique(index).size != n:
+        raise DataError(f"<{split} split>", f"{n - np.unique(index).size} sample(s) appear twice in the outputs",
+                        "aux_index")
+    extra = {k: int(v) for k, v in counts.items() if k != "num_entries"}
+    total = counts.get("num_entries")
+    if total is None or not complete:
+        return extra
+    expected = total - sum(extra.values())  # at most: labels, selection or empty samples may drop more
+    left_out = ", ".join(f"{k} {v}" for k, v in extra.items()) or "none left out on purpose"
+    if n and (index.min() < 0 or index.max() >= total or n > expected):
+        raise DataError(f"<{split} split>", f"{n} distinct samples with indices {index.min()}-{index.max()}, but "
+                        f"the split holds {total} ({left_out})", "aux_index")
+    if n < expected:
+        warnings.warn(f"{split}: {n} distinct samples of the {total} entries the split holds ({left_out}): "
+                      f"{expected - n} dropped by labels, selection or empty samples", stacklevel=2)
+    return extra
 
 
 class ClassificationMetrics(torch.nn.Module):

@@ -137,8 +137,9 @@ def load_run_config(ckpt_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     checkpoint = load_checkpoint(path)
-    if CONFIG_KEY not in checkpoint:
-        raise ValueError(f"{path}: not a physics_tf checkpoint (no '{CONFIG_KEY}' entry)")
+    if not isinstance(checkpoint.get(CONFIG_KEY), dict):
+        raise CheckpointError(f"{path}: not a physics_tf checkpoint (no '{CONFIG_KEY}' entry: it was not written "
+                              "by pipelines/train.py)")
     return checkpoint[CONFIG_KEY]
 
 

@@ -210,6 +210,16 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def _evaluate_data(given: DictConfig | None, stored: DictConfig) -> DictConfig:
+    """The data config of an evaluation: a data group given (``data=jetclass``, it has a ``_target_``) replaces
+    the checkpoint's; bare overrides (``+data.files.test=[...]``) are merged into the checkpoint's."""
+    if not given:
+        return stored
+    if "_target_" in given:
+        return given
+    return OmegaConf.merge(stored, given)
+
+
 def _stop_launched_ranks(trainer: L.Trainer) -> None:
     """Kill the rank processes Lightning started itself (trainer=ddp_cpu / ddp on one machine) when this one fails.
 
@@ -235,7 +245,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
 def _test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     stored = OmegaConf.create(load_run_config(cfg.ckpt_path))
-    data_cfg = cfg.data if cfg.get("data") else stored.data
+    data_cfg = _evaluate_data(cfg.get("data"), stored.data)
     run_cfg = OmegaConf.create({"data": data_cfg, "paths": OmegaConf.to_container(cfg.paths, resolve=True)})
     if rank_zero_only.rank == 0:  # one writer, atomically
         with atomic_path(output_dir / "config.yaml") as tmp:
