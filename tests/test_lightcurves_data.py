@@ -181,7 +181,8 @@ def test_datamodule_batches(sim_files):
     batches = list(dm.test_dataloader())
     assert sum(len(b["y"]) for b in batches) == 36
     b = batches[0]
-    assert set(b) == {"flux", "flux_err", "time", "band", "mask", "meta", "y", "aux_first_detection", "aux_object_id"}
+    assert set(b) == {"flux", "flux_err", "time", "band", "mask", "meta", "y", "aux_first_detection", "aux_object_id",
+                      "aux_index"}
     assert b["flux"].dtype == torch.float32 and b["band"].dtype == torch.long and b["mask"].dtype == torch.bool
     assert b["flux"].shape[1] <= 48 and b["meta"].shape == (8, 6)
     m = b["mask"]

@@ -114,3 +114,45 @@ def test_evaluate_on_a_non_physics_tf_checkpoint_is_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("physics_tf: error: ") and str(empty) in lines[-1], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def test_unknown_class_code_names_the_metadata_csv(tmp_path):
+    """A target code outside data.classes is blamed on the metadata CSV where it is written, not the cached .h5."""
+    from physics_tf.data.errors import UnknownLabelError
+    from physics_tf.lightcurves.data import LightCurveDataModule
+    from physics_tf.lightcurves.io import write_plasticc_csv
+    from physics_tf.lightcurves.simulate import simulate
+
+    lc = simulate(12, seed=0)
+    codes = sorted(set(lc.meta["target"].tolist()))
+    write_plasticc_csv(lc, tmp_path / "set.csv", tmp_path / "meta.csv")
+    dm = LightCurveDataModule(files={"test": {"lightcurves": str(tmp_path / "set.csv"),
+                                              "metadata": str(tmp_path / "meta.csv")}},
+                              classes=codes[1:], cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UnknownLabelError) as err:
+        dm.prepare_data()
+        dm.setup("test")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'meta.csv'}: field 'target': ") and "cached in" in message, message
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dropped_empty_jets_are_reported_within_the_epoch(train, tmp_path, caplog):
+    """Lightning stops at len(dataset) batches and never runs a worker's iterator to its end: the count of jets
+    dropped for having no particles is logged with the worker's last chunk, not after it."""
+    import itertools
+    import logging
+
+    from conftest import synth_jetclass
+    from physics_tf.jets.dataset import JetIterableDataset
+    from physics_tf.jets.features import JetDataConfig
+    from physics_tf.jets.writers import write_jetclass_root
+
+    p, j, lab = synth_jetclass(64, seed=1, min_particles=0, max_particles=4)
+    f = write_jetclass_root(tmp_path / "j.root", p, j, lab)
+    cfg = JetDataConfig(files={}, labels=["label_QCD", "label_Tbqq"], features="kin", pad_length=8)
+    ds = JetIterableDataset(cfg, [str(f)], 8, train=train, shuffle_buffer=16)
+    with caplog.at_level(logging.WARNING, logger="physics_tf"):
+        batches = list(itertools.islice(iter(ds), len(ds)))
+    assert len(batches) == len(ds)
+    assert any("jets with zero particles this epoch" in r.getMessage() for r in caplog.records), caplog.text

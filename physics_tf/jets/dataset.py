@@ -218,6 +218,8 @@ class JetIterableDataset(IterableDataset):
                 length = min(length, own - read)
             for ca in self._read(seq, cum, span_start + pos, length, stats if read < own else None):
                 n = min(len(ca.y), need)
+                if n and n == need:  # the worker's last chunk: log the counts now, Lightning never resumes it
+                    self._log_dropped(stats, worker_id)
                 if n:
                     yield _Jets(*(a[:n] for a in ca))
                 need -= n
@@ -278,6 +280,9 @@ class JetIterableDataset(IterableDataset):
                 yield from drain(final=False)
         if buffered:
             yield from drain(final=True)
+
+    def _log_dropped(self, stats: dict, worker_id: int) -> None:
+        """The epoch's dropped-jet counts of this worker (its own region: complete once its quota is filled)."""
         if stats.get("skipped_no_label"):
             log.warning("rank %d worker %d: skipped %d jets with no label flag set (data.skip_unlabelled)",
                         self.rank, worker_id, stats["skipped_no_label"])

@@ -133,7 +133,7 @@ class LightCurveDataset(Dataset):
         t = mjd - mjd[0]  # float64 difference first: MJD ~ 6e4 loses precision in float32
         first_det = float(t[np.argmax(det > 0)]) if det.any() else float(t[-1])
         return {"time": t, "flux": flux, "flux_err": err, "band": band, "meta": self.meta[i], "y": self.labels[i],
-                "aux_first_detection": first_det, "aux_object_id": self.lc.object_id[i]}
+                "aux_first_detection": first_det, "aux_object_id": self.lc.object_id[i], "aux_index": int(i)}
 
 
 def collate_lightcurves(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -153,6 +153,7 @@ def collate_lightcurves(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.T
     out["y"] = torch.tensor([int(it["y"]) for it in items], dtype=torch.long)
     out["aux_first_detection"] = torch.tensor([it["aux_first_detection"] for it in items], dtype=torch.float32)
     out["aux_object_id"] = torch.tensor([int(it["aux_object_id"]) for it in items], dtype=torch.long)
+    out["aux_index"] = torch.tensor([int(it["aux_index"]) for it in items], dtype=torch.long)  # (B,) within the split
     return out
 
 
@@ -238,6 +239,12 @@ class LightCurveDataModule(pl.LightningDataModule):
     def task_kwargs(self) -> dict[str, object]:
         return {"class_names": list(self.class_names), "class_codes": list(self.classes)}
 
+    def split_counts(self, split: str) -> dict[str, int]:
+        """``num_entries``: the objects of the split, each of which the test stage must see exactly once (a
+        DistributedSampler pads the ranks with repeats; :func:`physics_tf.tasks.metrics.sample_counts`)."""
+        dataset = self.datasets.get(split)
+        return {} if dataset is None else {"num_entries": len(dataset)}
+
     # ------------------------------------------------------------------ files
     def _h5_path(self, split: str) -> str | None:
         spec = self.files.get(split)
@@ -294,8 +301,11 @@ class LightCurveDataModule(pl.LightningDataModule):
         bad = ~np.isin(target, self.classes)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            raise UnknownLabelError(path, f"object_id {int(lc.object_id[k])}: target {int(target[k])} is not in "
-                                    f"data.classes {self.classes}", "target")
+            spec = self.files.get(split)  # a CSV split: blame its metadata CSV, where the target is written
+            source, cached = (os.path.expanduser(spec["metadata"]), f" (cached in {path})") \
+                if isinstance(spec, Mapping) else (path, "")
+            raise UnknownLabelError(source, f"object_id {int(lc.object_id[k])}: target {int(target[k])} is not in "
+                                    f"data.classes {self.classes}{cached}", "target")
         labels = np.array([lut[int(t)] for t in target], dtype=np.int64)
         return lc, labels, meta_matrix(lc, self.meta_features, path), path
 
