@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import physics_tf.cli  # noqa: F401  (registers the resolvers the configs use)
 from physics_tf.config import config_dir
 from physics_tf.training.validate import ConfigValueError, validate_config
+
+from test_pipelines import compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -33,14 +32,7 @@ def _cli(script: str, args: list[str]) -> tuple[subprocess.CompletedProcess, flo
 
 
 def _compose(config_name: str, overrides: list[str], output_dir: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    return cfg
+    return compose_train(overrides, output_dir, config_name=config_name)
 
 
 BAD = [  # (experiment, override, the message's tail after "physics_tf: error: ")
