@@ -95,21 +95,29 @@ class StopAfterEpoch:
 def data_dir(tmp_path_factory):
     """A data directory laid out like the generators': generated/jets_demo/{train,val,test}_000.root (120 jets
     each), generated/lightcurves_sim (24 / 12 / 24 objects), generated/auger_sim (80 / 16 / 16 events)."""
-    from physics_tf.jets.writers import write_jetclass_root
+    return write_generated_layout(tmp_path_factory.mktemp("data"), jets=120, max_particles=20,
+                                  lightcurves=(24, 12, 24), auger=(80, 16, 16))
 
-    root = tmp_path_factory.mktemp("data")
-    out = root / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(120, seed=i, classes=(0, 8), max_particles=20)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    from physics_tf.lightcurves.simulate import write_dataset
 
-    write_dataset(root / "generated" / "lightcurves_sim", {"train": 24, "val": 12, "test": 24}, seed=1, csv=False)
+def write_generated_layout(root, jets: int, max_particles: int, lightcurves: tuple[int, int, int],
+                           auger: tuple[int, int, int]):
+    """Tiny data laid out under ``root`` as the generators lay it out: generated/jets_demo/{train,val,test}_000.root
+    (``jets`` synthetic QCD/top jets each), generated/lightcurves_sim and generated/auger_sim (train/val/test
+    sizes); returns ``root``."""
     from omegaconf import OmegaConf
 
     from physics_tf.auger.simulate import run_generate
+    from physics_tf.jets.writers import write_jetclass_root
+    from physics_tf.lightcurves.simulate import write_dataset
 
-    run_generate(OmegaConf.create({"out_dir": str(root / "generated" / "auger_sim"), "n_train": 80, "n_val": 16,
-                                   "n_test": 16, "chunk": 16, "seed": 0, "progress": False}))
+    out = root / "generated" / "jets_demo"
+    out.mkdir(parents=True)
+    for i, split in enumerate(["train", "val", "test"]):
+        p, j, lab = synth_jetclass(jets, seed=i, classes=(0, 8), max_particles=max_particles)
+        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    write_dataset(root / "generated" / "lightcurves_sim", dict(zip(("train", "val", "test"), lightcurves)), seed=1,
+                  csv=False)
+    n_train, n_val, n_test = auger
+    run_generate(OmegaConf.create({"out_dir": str(root / "generated" / "auger_sim"), "n_train": n_train,
+                                   "n_val": n_val, "n_test": n_test, "chunk": 16, "seed": 0, "progress": False}))
     return root

@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from physics_tf.training.legacy import LEGACY_TARGETS, upgrade_checkpoint
 from physics_tf.training.run import run_evaluate, run_train
 
-from conftest import synth_jetclass
+from conftest import write_generated_layout
 from test_pipelines import compose_train
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
@@ -49,22 +49,8 @@ REFERENCE = {
 @pytest.fixture(scope="module")
 def legacy_data(tmp_path_factory):
     """The data the checkpoints were trained on: 64 jets per split, 24 / 12 / 12 light curves, 32 / 16 / 16 events."""
-    from omegaconf import OmegaConf
-
-    from physics_tf.auger.simulate import run_generate
-    from physics_tf.jets.writers import write_jetclass_root
-    from physics_tf.lightcurves.simulate import write_dataset
-
-    root = tmp_path_factory.mktemp("legacy_data")
-    out = root / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(64, seed=i, classes=(0, 8), max_particles=12)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    write_dataset(root / "generated" / "lightcurves_sim", {"train": 24, "val": 12, "test": 12}, seed=1, csv=False)
-    run_generate(OmegaConf.create({"out_dir": str(root / "generated" / "auger_sim"), "n_train": 32, "n_val": 16,
-                                   "n_test": 16, "chunk": 16, "seed": 0, "progress": False}))
-    return root
+    return write_generated_layout(tmp_path_factory.mktemp("legacy_data"), jets=64, max_particles=12,
+                                  lightcurves=(24, 12, 12), auger=(32, 16, 16))
 
 
 def _legacy(name: str) -> dict:
