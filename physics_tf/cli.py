@@ -68,7 +68,7 @@ def one_line(err: BaseException) -> str:
 
 
 _PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "timed out", "Timed out",
-               "Socket Timeout", "NCCL", "gloo", "ProcessGroup", "store", "TCPStore")
+               "Socket Timeout", "Application timeout", "NCCL", "gloo", "ProcessGroup", "store", "TCPStore")
 
 
 def peer_failure(err: BaseException) -> str | None:
@@ -84,6 +84,8 @@ def peer_failure(err: BaseException) -> str | None:
     rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
     first = (text.splitlines() or [type(err).__name__])[0]
     first = first.split("] ", 1)[-1] if first.startswith("[") else first
+    if "timeout" in first.lower() and "timed out" not in first.lower():  # gloo: "Application timeout caused pair closure"
+        first = f"Timed out: {first}"
     return (f"rank {rank}: another DDP process failed or stopped responding, so this one stops too ({first[:300]}); "
             "the failing rank's own error is in its log above")
 
