@@ -155,6 +155,9 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, jets, tmp_path):
     assert "Traceback" not in out
 
 
+# deselected by default (as before this session): it takes ~7 s but once hung in a fresh-clone CI run with
+# the submitit local job's two DDP ranks idle (load 0) until the test's 500 s limit; cause not yet found
+@pytest.mark.slow
 def test_local_launcher_runs_ddp_tasks(jets, tmp_path):
     """hydra/launcher=local (submitit's local executor): the two DDP ranks are submitit tasks, not Lightning children."""
     sweep = tmp_path / "sweep"
