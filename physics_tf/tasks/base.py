@@ -37,6 +37,7 @@ from torch.utils.data import IterableDataset
 from physics_tf.data.atomic import atomic_path
 from physics_tf.tasks.metrics import PredictionAccumulator, sample_counts, unique_samples
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
+from physics_tf.tasks.summary import print_test_summary
 from physics_tf.training.reporting import Table
 
 __all__ = ["Task", "estimate_total_steps", "model_inputs", "split_weight_decay_params"]
@@ -340,18 +341,7 @@ class Task(L.LightningModule):
 
     def print_summary(self, summary: Mapping[str, Any], out_dir: Path, written: Sequence[str]) -> None:
         """The logged test numbers as a table on the console, and where the files went."""
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="Test metrics")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in self.test_log_values(summary).items():
-            text = f"{value:.0f}" if key == self.COUNT_KEY else ("inf" if math.isinf(value) else f"{value:.4g}")
-            table.add_row(key, text)
-        console = Console()
-        console.print(table)
-        console.print(f"{', '.join(written)} written to {out_dir}", soft_wrap=True)
+        print_test_summary(self.test_log_values(summary), self.COUNT_KEY, out_dir, written)
 
     # ------------------------------------------------------------------ optimisation
     def _total_steps(self) -> float | None:
