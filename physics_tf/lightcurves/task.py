@@ -140,28 +140,8 @@ class LightCurveClassificationTask(ClassificationTask):
         written = super().write_plots(out_dir, summary, arrays)
         days = [d for d in self.early_days if f"early_{d:g}d_logloss" in summary]
         if days:
-            self._plot_early(days, summary, Path(out_dir) / "early_classification.png")
+            from physics_tf.lightcurves.plots import plot_early_classification  # matplotlib only when needed
+
+            plot_early_classification(days, summary, Path(out_dir) / "early_classification.png")
             written.append("early_classification.png")
         return written
-
-    @staticmethod
-    def _plot_early(days: Sequence[float], summary: Mapping[str, Any], path: Path) -> None:
-        from matplotlib.figure import Figure
-
-        from physics_tf.tasks.plots import save_figure
-
-        ll = [summary[f"early_{d:g}d_logloss"] for d in days]
-        acc = [summary[f"early_{d:g}d_accuracy"] for d in days]
-        fig = Figure(figsize=(5, 3.5))
-        ax = fig.subplots()
-        ax.plot(days, ll, "o-", color="C0", label="weighted log-loss")
-        ax.axhline(summary["plasticc_logloss"], color="C0", ls=":", label="full light curve")
-        ax.set_xlabel("days since first detection")
-        ax.set_ylabel("PLAsTiCC weighted log-loss", color="C0")
-        ax2 = ax.twinx()
-        ax2.plot(days, acc, "s-", color="C1", label="accuracy")
-        ax2.set_ylabel("accuracy", color="C1")
-        ax2.set_ylim(0, 1)
-        ax.set_title("Early classification")
-        fig.tight_layout()
-        save_figure(fig, path, dpi=120)
