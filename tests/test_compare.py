@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,149 @@ def test_compare_real_runs_from_the_command_line(data_dir, tmp_path):
         assert float(table["auc_macro"][2 + i]) == results[lr]["auc_macro"]
         (best,) = (tmp_path / "logs" / f"lr{lr}" / "checkpoints").glob("epoch*.ckpt")
         assert float(table["best/val/auc"][2 + i]) == pytest.approx(float(best.stem.split("auc")[1]), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- the terminal table in 80 columns
+def _tables(text: str) -> list[list[list[str]]]:
+    """The tables rich printed: per table, its lines split into cells (header and body; borders dropped)."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("┏"):
+            current = []
+            tables.append(current)
+        elif current is not None and line[:1] in "┃│":
+            current.append([cell.strip() for cell in re.split("[┃│]", line)[1:-1]])
+    return tables
+
+
+def _logical_rows(lines: list[list[str]]) -> dict[str, list[list[str]]]:
+    """Body lines grouped by the first column: {key: [its lines' cells]} (a continuation has an empty key cell)."""
+    rows: dict[str, list[list[str]]] = {}
+    key = None
+    for cells in lines:
+        key = cells[0] or key
+        rows.setdefault(key, []).append(cells[1:])
+    return rows
+
+
+def _whole_or_shortened(cell: str, words: list[str]) -> bool:
+    """``cell`` is one of ``words``, or one shortened in the middle (start…end), not a fragment of one."""
+    if cell in words:
+        return True
+    head, sep, tail = cell.partition("…")
+    return bool(sep) and any(w.startswith(head) and w.endswith(tail) and len(w) > len(cell) for w in words)
+
+
+def test_narrow_non_terminal_table_keeps_paths_and_overrides_whole(tmp_path, capsys, monkeypatch):
+    """Six runs at 80 columns (not a terminal): paths relative to their common parent, printed whole once; override
+    lists broken only between overrides; long words shortened in the middle; no column narrower than 3."""
+    root = tmp_path / "logs" / "train" / "jets_part_with_a_long_experiment_name" / "multirun_2026-01-01_00-00-00"
+    rels, tokens = [], []
+    for i in range(6):
+        rel = f"lr1e-{i + 2}_batch64_cosine_warmup_job{i}"
+        over = [f"task.lr=1e-{i + 2}", "data.batch_size=64", f"task.scheduler.warmup_steps={100 * i}"]
+        make_run(root / rel, config(model="physics_tf.jets.part.ParticleTransformer", lr=10 ** -(i + 2), seed=i),
+                 {"accuracy": 0.8, "auc_macro": 0.9 + i / 100, "rej50_Tbqq": 12.5 * i}, overrides=over,
+                 model_choice="part_with_interactions")
+        rels.append(rel)
+        tokens += over
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"source: relative to {root}/" in out.splitlines()  # the common parent in one piece, on its own line
+    assert all(len(line) <= 80 for line in out.splitlines() if not line.startswith("source: "))
+    tables = _tables(out)
+    assert len(tables) > 1 and "6 runs (1 of" in out  # too wide for one table: parts, each with the keys column
+    widths = [len(w) for line in out.splitlines() if line.startswith("┏") for w in line[1:-1].split("┳")]
+    assert min(widths) - 2 >= 3, widths  # no sliver column holding a character or two
+    shown = 0
+    for lines in tables:
+        rows = _logical_rows(lines[1:])
+        assert len(rows["source"]) == 1  # a path never continues on the next line
+        for cell in rows["source"][0]:
+            assert _whole_or_shortened(cell, rels), cell
+            shown += 1
+        for cells in rows["overrides"]:
+            for cell in filter(None, cells):
+                assert all(_whole_or_shortened(word, tokens) for word in cell.split()), cell
+        assert all(cell.strip() for cell in rows["auc_macro"][0])  # numbers: one line each
+    assert shown == 6
+
+
+def test_automatic_layout_transposes_many_runs_with_few_keys_and_counts_runs(tmp_path, capsys, monkeypatch):
+    from physics_tf.training.compare import build_parser
+    from physics_tf.training.compare_tables import layout
+
+    runs = [make_run(tmp_path / f"job{i}", config(seed=i), {"accuracy": 0.5 + i / 100}) for i in range(8)]
+    labels, rows = comparison([load_local_run(r) for r in runs], metrics=["accuracy"])
+    prefix, runs_as_rows, parts = layout(labels, rows, width=80)
+    assert prefix == f"{tmp_path}/" and runs_as_rows and len(parts) == 1  # 8 runs x (source, seed, accuracy)
+    (lines, widths), = parts
+    assert [line[0] for line in lines] == ["run", *labels] and lines[0][1:] == ["source", "seed", "accuracy"]
+    assert lines[1][1] == "job0" and sum(widths) + 3 * len(widths) + 1 <= 80
+    _, runs_as_rows, parts = layout(labels, rows, width=400)  # wide enough: keys down the side, one table
+    assert not runs_as_rows and len(parts) == 1 and parts[0][0][0] == ["key", *labels]
+    assert "transposed (runs as rows)" in " ".join(build_parser().format_help().split())  # the rule, in --help
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([str(runs[0])]) == 0
+    assert re.search(r"^\s*1 run\s*$", capsys.readouterr().out, re.M)  # not "1 runs"
+    assert main([str(r) for r in runs[:2]]) == 0
+    assert re.search(r"^\s*2 runs\s*$", capsys.readouterr().out, re.M)
+
+
+# ----------------------------------------------------------------------------- best scores from any logger
+def _checkpoint(path: Path, best_auc: float | None) -> Path:
+    """A checkpoint holding what compare reads of it: the checkpoint callbacks' state (a best-by-val/auc one and
+    a last one without a monitor)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"net.w": torch.zeros(3)}, "callbacks": {
+        "BestCheckpoint{'monitor': 'val/auc', 'mode': 'max'}": {
+            "monitor": "val/auc", "best_model_score": None if best_auc is None else torch.tensor(best_auc),
+            "best_model_path": str(path.parent / "epoch000.ckpt")},
+        "ModelCheckpoint{'monitor': None, 'mode': 'min'}": {"monitor": None, "best_model_score": None}}}, path)
+    return path
+
+
+def test_best_score_from_the_checkpoint_when_there_is_no_csv_log(tmp_path, capsys):
+    import os
+
+    no_csv = make_run(tmp_path / "wandb_run", config(), {"accuracy": 0.8})
+    os.utime(_checkpoint(no_csv / "checkpoints" / "epoch000-auc0.5000.ckpt", 0.5), (1, 1))  # older than last.ckpt
+    _checkpoint(no_csv / "checkpoints" / "last.ckpt", 0.875)
+    with_csv = make_run(tmp_path / "csv_run", config(), {"accuracy": 0.7},
+                        [{"epoch": 0, "val/auc": 0.6, "val/loss": 0.4}, {"epoch": 1, "val/auc": 0.65, "val/loss": 0.5}])
+    _checkpoint(with_csv / "checkpoints" / "last.ckpt", 0.99)  # the CSV log comes first, as before
+    broken = make_run(tmp_path / "broken", config(), {"accuracy": 0.6})
+    (broken / "checkpoints").mkdir()
+    (broken / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    never = make_run(tmp_path / "never_improved", config(), {"accuracy": 0.5})
+    _checkpoint(never / "checkpoints" / "last.ckpt", None)
+    capsys.readouterr()
+    runs = [load_local_run(d) for d in (no_csv, with_csv, broken, never)]
+    assert runs[0].metrics["best/val/auc"] == 0.875 and "best/val/loss" not in runs[0].metrics
+    assert runs[1].metrics["best/val/auc"] == 0.65 and runs[1].metrics["best/val/loss"] == 0.4
+    assert "best/val/auc" not in runs[2].metrics and "best/val/auc" not in runs[3].metrics
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"physics_tf: warning: {broken / 'checkpoints' / 'last.ckpt'}: "
+                                               "cannot read the best scores"), err
+
+
+def test_wandb_logged_run_shows_its_best_val_score(data_dir, tmp_path, monkeypatch, capsys):
+    """A real ``logger=wandb`` run (offline, no CSV log): its best val/auc comes from its checkpoint."""
+    from physics_tf.training.run import run_train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    run_train(compose_train(["experiment=jets_pfn", f"paths.data_dir={data_dir}", "logger=wandb", "data.batch_size=16",
+                             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+                             "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0"], run_dir))
+    assert any((run_dir / "wandb").glob("offline-run-*")) and not (run_dir / "csv").exists()
+    capsys.readouterr()
+    assert main([str(run_dir), "--metrics", "best/*", "--csv", "-", "--quiet"]) == 0
+    lines = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    assert lines[-1][:2] == ["metric", "best/val/auc"]
+    assert float(lines[-1][2]) == pytest.approx(float(best.stem.split("auc")[1]), abs=1e-4)

@@ -5,8 +5,11 @@ online, from the W&B API. ``python pipelines/compare.py --help`` lists the optio
 
 Local input: a run directory, a glob (quoted or expanded by the shell), or any directory holding run directories
 (a Hydra multirun directory ``multirun_*/`` with its job folders ``0/``, ``1/``, …, or ``logs/train/<experiment>/``).
-Besides ``metrics.json`` a local run contributes ``best/<monitor>``: the best value of the metric its checkpoint
-callback monitored, read from the CSV log (``csv/metrics.csv``) — the same key the W&B summary holds.
+Besides ``metrics.json`` a local run contributes ``best/<monitor>`` (the W&B summary's key): the best value of the
+metric its checkpoint callback monitored, whichever logger the run used: from the CSV log (``csv/metrics.csv``),
+else the callback's ``best_model_score`` in ``checkpoints/last.ckpt`` (or the newest ``checkpoints/*.ckpt``); an
+offline ``logger=wandb`` run keeps its summary only in W&B's binary log. The terminal table fits the console
+(:mod:`physics_tf.training.compare_tables` gives the rule); ``--csv`` and ``--markdown`` hold the full values.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import math
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from physics_tf.training.compare_tables import print_rich, to_csv, to_markdown
+from physics_tf.training.compare_tables import LAYOUT_RULE, print_rich, to_csv, to_markdown
 from physics_tf.training.reporting import flatten, scalar_metrics
 
 __all__ = ["Run", "CompareError", "find_run_dirs", "load_local_run", "load_wandb_runs", "comparison", "main",
@@ -111,23 +115,63 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _best_from_csv(run_dir: Path, config: Mapping[str, Any]) -> dict[str, float]:
-    """``{"best/<monitor>": value}`` from the CSV log, for every checkpoint callback with a monitor and mode."""
+def _best_from_csv(run_dir: Path, monitors: Mapping[str, str]) -> dict[str, float]:
+    """``{"best/<monitor>": value}`` from the CSV log, by each monitor's mode (``monitors``: monitor → mode)."""
     path = run_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return {}
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     out = {}
-    for name, value in config.items():
-        if not name.startswith("callbacks.") or not name.endswith(".monitor") or not value:
-            continue
-        mode = config.get(name[: -len("monitor")] + "mode", "min")
-        values = [float(r[value]) for r in rows if r.get(value) not in (None, "")]
+    for monitor, mode in monitors.items():
+        values = [float(r[monitor]) for r in rows if r.get(monitor) not in (None, "")]
         values = [v for v in values if not math.isnan(v)]
         if values:
-            out[f"best/{value}"] = max(values) if mode == "max" else min(values)
+            out[f"best/{monitor}"] = max(values) if mode == "max" else min(values)
     return out
+
+
+def _best_from_checkpoint(run_dir: Path) -> dict[str, float]:
+    """``{"best/<monitor>": best_model_score}`` of the checkpoint callbacks, from ``checkpoints/last.ckpt`` (else the
+    newest ``*.ckpt``): only their state is read (memory-mapped, no network built as by ``load_checkpoint``)."""
+    found = [p for p in run_dir.glob("checkpoints/*.ckpt") if p.is_file() and not p.name.startswith(".")]
+    if not found:
+        return {}
+    path = max(found, key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime))
+    import torch
+
+    try:
+        states = dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["callbacks"])
+    except Exception as err:  # noqa: BLE001 - truncated, not a zip checkpoint, no callbacks: no best score
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"physics_tf: warning: {path}: cannot read the best scores ({first})", file=sys.stderr)
+        return {}
+    scores = {s["monitor"]: s["best_model_score"] for s in states.values() if isinstance(s, dict)
+              and s.get("monitor") and s.get("best_model_score") is not None}
+    return {f"best/{k}": float(v) for k, v in scores.items() if not math.isnan(float(v))}
+
+
+def _best_scores(run_dir: Path, config: Mapping[str, Any]) -> dict[str, float]:
+    """``best/<monitor>`` of every checkpoint callback with a monitor: from the CSV log, else the checkpoint."""
+    monitors = {value: config.get(name[: -len("monitor")] + "mode", "min") for name, value in config.items()
+                if name.startswith("callbacks.") and name.endswith(".monitor") and value}
+    out = _best_from_csv(run_dir, monitors)
+    if monitors and not all(f"best/{m}" in out for m in monitors):
+        out = {**_best_from_checkpoint(run_dir), **out}
+    return out
+
+
+def _yaml_field(path: Path, *keys: str) -> Any:
+    """``keys`` looked up in an optional YAML file of Hydra's (``.hydra/*.yaml``); None when absent or unreadable."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def load_local_run(run_dir: str | os.PathLike) -> Run:
@@ -139,26 +183,12 @@ def load_local_run(run_dir: str | os.PathLike) -> Run:
             "metrics.json"] else ""
         raise CompareError(f"{path}: not a complete run directory, missing {' and '.join(missing)}{hint}")
     config = flatten(_read_yaml(path / "config.yaml"))
-    metrics = {**scalar_metrics(_read_json(path / "metrics.json")), **_best_from_csv(path, config)}
+    metrics = {**scalar_metrics(_read_json(path / "metrics.json")), **_best_scores(path, config)}
     info = {}
-    overrides = path / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        import yaml
-
-        try:
-            info["overrides"] = " ".join(str(o) for o in (yaml.safe_load(overrides.read_text()) or []))
-        except yaml.YAMLError:
-            pass
-    choices = path / ".hydra" / "hydra.yaml"
-    model = None
-    if choices.is_file():
-        import yaml
-
-        try:
-            model = (yaml.safe_load(choices.read_text()) or {}).get("hydra", {}).get("runtime", {}).get(
-                "choices", {}).get("model")
-        except (yaml.YAMLError, AttributeError):
-            model = None
+    overrides = _yaml_field(path / ".hydra" / "overrides.yaml")
+    if isinstance(overrides, list):
+        info["overrides"] = " ".join(str(o) for o in overrides)
+    model = _yaml_field(path / ".hydra" / "hydra.yaml", "hydra", "runtime", "choices", "model")
     if model is None and isinstance(config.get("model._target_"), str):
         model = config["model._target_"].rsplit(".", 1)[-1]
     parts = [str(config[k]) for k in ("experiment_name",) if k in config] + ([model] if model else []) + (
@@ -308,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  compare.py logs/train/jets_part/multirun_2026-01-01_12-00-00\n"
                "  compare.py 'logs/train/jets_*/2026-*' --keys model._target_ 'task.lr' --metrics 'auc*' 'rej*'\n"
                "  compare.py logs/train/jets_pfn --sort auc_macro --markdown runs.md --csv runs.csv\n"
-               "  compare.py --wandb my-team/physics_tf --group jets_part --metrics accuracy auc_macro best/val/auc",
+               "  compare.py --wandb my-team/physics_tf --group jets_part --metrics accuracy auc_macro best/val/auc\n\n"
+               + textwrap.fill("layout: " + LAYOUT_RULE, 100),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", help="run directories, globs, or directories holding runs (multirun dirs)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from the W&B API instead")
@@ -318,13 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keys", nargs="+", default=[], metavar="PATTERN",
                         help="config keys to show even where all runs agree (fnmatch patterns, e.g. 'model.*')")
     parser.add_argument("--metrics", nargs="+", default=["*"], metavar="PATTERN",
-                        help="metrics to show (fnmatch patterns; default: all)")
+                        help="metrics to show (fnmatch patterns; default: all; best/<monitor>: from any logger)")
     parser.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN",
                         help=f"config keys never shown as differences, added to {' '.join(DEFAULT_IGNORE)}")
     parser.add_argument("--all-config", action="store_true", help="show every config key")
     parser.add_argument("--sort", metavar="METRIC", help="order the runs by this metric (best, i.e. largest, first)")
     parser.add_argument("--ascending", action="store_true", help="with --sort: smallest first (losses, resolutions)")
-    parser.add_argument("--runs-as-rows", action="store_true", help="one row per run (for many runs)")
+    parser.add_argument("--runs-as-rows", action="store_true", help="one row per run (automatic where it fits better)")
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV (- for stdout)")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown (- for stdout)")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
