@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BACKGROUND = "label_QCD"
 DEFAULT_REJECTION_EFFS: tuple[float, ...] = (0.5, 0.3)
+_FALLBACKS_LOGGED: set[tuple[Any, tuple[str, ...]]] = set()  # (background, class names) whose fallback was logged
 
 __all__ = [
     "DEFAULT_BACKGROUND",
@@ -60,8 +61,8 @@ def resolve_background(class_names: Sequence[str], background: str | int | None 
 
     ``background`` may be an index, a class name, or ``None``.  A name that is not in
     ``class_names`` (or ``None``) falls back to class 0 — the ParT convention puts QCD
-    first — and the fallback is logged, because e.g. a top-tagging dataset may call its
-    QCD class ``"is_qcd"``.
+    first — and the fallback is logged once per process and class list (the test stage resolves it for the
+    numbers and again for the plot), because e.g. a top-tagging dataset may call its QCD class ``"is_qcd"``.
     """
     n = len(class_names)
     if n < 2:
@@ -74,7 +75,12 @@ def resolve_background(class_names: Sequence[str], background: str | int | None 
         short = [signal_name(str(c)) for c in class_names]  # "label_QCD" and "QCD" name the same class
         if signal_name(str(background)) in short:
             return short.index(signal_name(str(background)))
-    log.info("background class %r not in %s; using class 0 (%r)", background, list(class_names), class_names[0])
+    key = (background, tuple(str(c) for c in class_names))
+    if key not in _FALLBACKS_LOGGED:
+        _FALLBACKS_LOGGED.add(key)
+        reason = "no background class given" if background is None else \
+            f"background class {background!r} not in {list(key[1])}"
+        log.info("%s; using class 0 (%r) as the background", reason, class_names[0])
     return 0
 
 
