@@ -1,5 +1,5 @@
-"""Finding, reading and checking checkpoints: ``ckpt_path=last``, the run config stored in a checkpoint, and a
-one-line error for a checkpoint of another network.
+"""Finding, reading and checking checkpoints: ``ckpt_path=last`` (the run's own, else the sibling run with the
+most epochs), the run config stored in a checkpoint, and a one-line error for a checkpoint of another network.
 
 ``checkpoint["physics_tf_config"]`` (:data:`CONFIG_KEY`, written by
 :class:`physics_tf.training.callbacks.RunStateInCheckpoint`) holds the resolved run config, so ``evaluate`` and
@@ -20,6 +20,7 @@ from torch import nn
 
 from physics_tf.training.callbacks import CONFIG_KEY
 from physics_tf.training.legacy import upgrade_checkpoint
+from physics_tf.training.resolvers import peek_checkpoint
 
 log = logging.getLogger("physics_tf")
 
@@ -59,57 +60,78 @@ def _last_checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in found if p.is_file() and not p.name.startswith(".")]
 
 
-def _readable(path: Path) -> bool:
-    """Whether ``path`` loads (a truncated or otherwise broken file: a one-line warning naming it)."""
+def _peek(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's top-level entries (tensors memory-mapped, not read), or None with a one-line warning naming
+    a file that does not load (truncated after a crash or a full disk, not a checkpoint)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = peek_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means: not this one
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         log.warning("ckpt_path=last: skipping %s, it cannot be read (%s)", path, first)
-        return False
-    return True
+        return None
+    return checkpoint if isinstance(checkpoint, dict) else {}
 
 
-def _newest_readable(candidates: list[Path]) -> Path | None:
+def _newest_readable(candidates: list[Path]) -> tuple[Path, int] | None:
+    """The newest candidate that loads, with its ``epoch`` (-1 when it has none)."""
     # newest first; at the same time stamp (a coarse file system) last.ckpt, written after the epoch's best
-    for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True):
-        if _readable(path):
-            return path
+    for path in sorted(candidates, key=_age, reverse=True):
+        checkpoint = _peek(path)
+        if checkpoint is not None:
+            epoch = checkpoint.get("epoch")
+            return path, int(epoch) if isinstance(epoch, int) else -1
     return None
 
 
+def _age(path: Path) -> tuple[float, bool]:
+    return path.stat().st_mtime, path.name == "last.ckpt"
+
+
+def _furthest_sibling(output_dir: Path) -> tuple[Path, int] | None:
+    """Of the other runs of the same experiment, the newest readable checkpoint of the run that trained the most
+    epochs, at equal epochs of the newest run: a full run is continued rather than a later one-epoch smoke run."""
+    found = [hit for run in sorted(output_dir.parent.iterdir()) if run.is_dir() and run != output_dir
+             if (hit := _newest_readable(_last_checkpoints(run))) is not None]
+    return max(found, key=lambda hit: (hit[1], *_age(hit[0])), default=None)
+
+
 def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
-    """``ckpt_path=last`` → the newest readable checkpoint of this run directory, else of the newest sibling run.
+    """``ckpt_path=last`` → the newest readable checkpoint of this run directory, else of the sibling run that
+    trained the most epochs (at equal epochs, the newest).
 
     The run directory's own checkpoints come first (a requeued SLURM job, or ``hydra.run.dir=<old run>``); a fresh
-    single run then looks at the other runs of the same experiment (``logs/<task>/<experiment>/*/``), but a sweep
-    point never takes another point's checkpoint. Nothing found: a warning, and training starts from scratch.
-    A candidate that does not load (a truncated last.ckpt after a crash or a full disk) is skipped with a
-    warning naming it, so an intact epoch checkpoint beside it is used. A path is returned as is (a missing file
-    is one clear line).
+    single run then looks at the other runs of the same experiment (``logs/<task>/<experiment>/*/``): the one with
+    the most epochs (the ``epoch`` stored in its newest checkpoint, read cheaply), so a newer one-epoch smoke run
+    does not win over the full run; at equal epochs the newest. A sweep point never takes another point's
+    checkpoint. Nothing found: a warning, and training starts from scratch. A candidate that does not load (a
+    truncated last.ckpt after a crash or a full disk) is skipped with a warning naming it, so an intact epoch
+    checkpoint beside it is used. A path is returned as is (a missing file is one clear line).
     """
     if ckpt_path in (None, "", "null"):
         return None  # under SLURM, Lightning itself resumes from this run directory's hpc_ckpt_<n>.ckpt
     pre_empted = _newest_readable(list(_hpc_checkpoints(output_dir))) if os.environ.get("SLURM_JOB_ID") else None
     if pre_empted is not None:
         # a requeued job: continue from where the pre-empted instance stopped, not from the original ckpt_path
-        log.info("requeued SLURM job: resuming from %s instead of ckpt_path=%s", pre_empted, ckpt_path)
-        return str(pre_empted)
+        log.info("requeued SLURM job: resuming from %s instead of ckpt_path=%s", pre_empted[0], ckpt_path)
+        return str(pre_empted[0])
     if str(ckpt_path) != "last":
         path = Path(str(ckpt_path))
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
         return str(path)
-    newest = _newest_readable(_last_checkpoints(output_dir))
-    if newest is None and not output_dir.parent.name.startswith("multirun"):
-        newest = _newest_readable([p for run in output_dir.parent.iterdir() if run.is_dir() and run != output_dir
-                                   for p in _last_checkpoints(run)])
-    if newest is None:
+    found = _newest_readable(_last_checkpoints(output_dir))
+    if found is None and not output_dir.parent.name.startswith("multirun") and output_dir.parent.is_dir():
+        found = _furthest_sibling(output_dir)
+        if found is not None:
+            log.info("ckpt_path=last: resuming from %s (epoch %d), of the runs in %s the one with the most epochs "
+                     "(at equal epochs the newest)", found[0], found[1], output_dir.parent)
+            return str(found[0])
+    if found is None:
         log.warning("ckpt_path=last: no readable checkpoints/*.ckpt or hpc_ckpt_*.ckpt in %s or its sibling runs; "
                     "starting from scratch", output_dir)
         return None
-    log.info("ckpt_path=last: resuming from %s", newest)
-    return str(newest)
+    log.info("ckpt_path=last: resuming from %s", found[0])
+    return str(found[0])
 
 
 def check_checkpoint_matches(ckpt_path: str | Path, task: L.LightningModule) -> None:
