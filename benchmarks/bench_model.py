@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -166,6 +167,7 @@ def main() -> None:
                 inf = rows[name]["infer_jets_s"] / rows["weaver-core"]["infer_jets_s"]
                 result["ratios"][f"{precision} {name}"] = {"train": tr, "infer": inf}
                 print(f"{precision}: {name} / weaver-core = train {tr:.2f}x (goal 1.3), inference {inf:.2f}x (goal 1.5)")
+    result["load"] = os.getloadavg()[0]  # 1-minute load average at the end: how busy the machine was
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))
 

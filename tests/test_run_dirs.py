@@ -196,3 +196,27 @@ def test_best_ckpt_under_ddp(data_dir, tmp_path):
     (epoch_named,) = (run / "checkpoints").glob("epoch*.ckpt")
     assert filecmp.cmp(run / "checkpoints" / "best.ckpt", epoch_named, shallow=False)
     assert os.path.samefile(run / "checkpoints" / "best.ckpt", epoch_named)
+
+
+def test_ckpt_path_last_skips_runs_on_other_data_or_another_network(tmp_path):
+    """A newer sibling trained on other files (or with another model) is not the run to continue."""
+    exp = tmp_path / "train" / "jets_part"
+
+    def ckpt(run: str, mtime: float, files: str, model: str = "physics_tf.jets.part.ParticleTransformer") -> Path:
+        path = exp / run / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        torch.save({"epoch": 0, CONFIG_KEY: {"model": {"_target_": model}, "data": {"files": {"train": [files]}}}},
+                   path)
+        os.utime(path, (mtime, mtime))
+        return path
+
+    mine = ckpt("a", 1_000, "/data/generated/train_*.root")
+    ckpt("b", 2_000, "/data/toptag/train.h5")
+    here = exp / "c"
+    here.mkdir()
+    same = {"model._target_": "physics_tf.jets.part.ParticleTransformer",
+            "data.files": {"train": ["/data/generated/train_*.root"]}}
+    assert resolve_ckpt_path("last", here, same) == str(mine)
+    ckpt("d", 3_000, "/data/generated/train_*.root", model="physics_tf.jets.pfn.ParticleFlowNetwork")
+    assert resolve_ckpt_path("last", here, same) == str(mine)
+    assert resolve_ckpt_path("last", here) == str(exp / "d" / "checkpoints" / "last.ckpt")  # no filter: newest

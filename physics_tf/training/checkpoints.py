@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,31 @@ def _peek(path: Path) -> dict[str, Any] | None:
     return checkpoint if isinstance(checkpoint, dict) else {}
 
 
-def _newest_readable(candidates: list[Path]) -> tuple[Path, int] | None:
-    """The newest candidate that loads, with its ``epoch`` (-1 when it has none)."""
+def _newest_readable(candidates: list[Path], same: Mapping[str, Any] | None = None) -> tuple[Path, int] | None:
+    """The newest candidate that loads, with its ``epoch`` (-1 when it has none); with ``same`` (dotted config key
+    → value), only one whose stored run config agrees on those keys."""
     # newest first; at the same time stamp (a coarse file system) last.ckpt, written after the epoch's best
     for path in sorted(candidates, key=_age, reverse=True):
         checkpoint = _peek(path)
-        if checkpoint is not None:
-            epoch = checkpoint.get("epoch")
-            return path, int(epoch) if isinstance(epoch, int) else -1
+        if checkpoint is None:
+            continue
+        differs = _differs(checkpoint.get(CONFIG_KEY), same or {})
+        if differs:
+            log.info("ckpt_path=last: not taking %s, its run had another %s", path, differs)
+            return None  # the run's other checkpoints share its config
+        epoch = checkpoint.get("epoch")
+        return path, int(epoch) if isinstance(epoch, int) else -1
+    return None
+
+
+def _differs(stored: Any, same: Mapping[str, Any]) -> str | None:
+    """The first dotted key of ``same`` on which the stored run config disagrees (a config without the key: no)."""
+    for key, want in same.items():
+        node: Any = stored
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None and want is not None and node != want:
+            return key
     return None
 
 
@@ -87,15 +105,15 @@ def _age(path: Path) -> tuple[float, bool]:
     return path.stat().st_mtime, path.name == "last.ckpt"
 
 
-def _furthest_sibling(output_dir: Path) -> tuple[Path, int] | None:
+def _furthest_sibling(output_dir: Path, same: Mapping[str, Any] | None) -> tuple[Path, int] | None:
     """Of the other runs of the same experiment, the newest readable checkpoint of the run that trained the most
     epochs, at equal epochs of the newest run: a full run is continued rather than a later one-epoch smoke run."""
     found = [hit for run in sorted(output_dir.parent.iterdir()) if run.is_dir() and run != output_dir
-             if (hit := _newest_readable(_last_checkpoints(run))) is not None]
+             if (hit := _newest_readable(_last_checkpoints(run), same)) is not None]
     return max(found, key=lambda hit: (hit[1], *_age(hit[0])), default=None)
 
 
-def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
+def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, same: Mapping[str, Any] | None = None) -> str | None:
     """``ckpt_path=last`` → the newest readable checkpoint of this run directory, else of the sibling run that
     trained the most epochs (at equal epochs, the newest).
 
@@ -103,7 +121,9 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
     single run then looks at the other runs of the same experiment (``logs/<task>/<experiment>/*/``): the one with
     the most epochs (the ``epoch`` stored in its newest checkpoint, read cheaply), so a newer one-epoch smoke run
     does not win over the full run; at equal epochs the newest. A sweep point never takes another point's
-    checkpoint. Nothing found: a warning, and training starts from scratch. A candidate that does not load (a
+    checkpoint, nor a run whose stored config disagrees with ``same`` (dotted key → this run's value; the
+    pipelines pass the model's and the data's ``_target_`` and the data files: a run on other files or with
+    another network is not the one to continue). Nothing found: a warning, and training starts from scratch. A candidate that does not load (a
     truncated last.ckpt after a crash or a full disk) is skipped with a warning naming it, so an intact epoch
     checkpoint beside it is used. A path is returned as is (a missing file is one clear line).
     """
@@ -121,7 +141,7 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
         return str(path)
     found = _newest_readable(_last_checkpoints(output_dir))
     if found is None and not output_dir.parent.name.startswith("multirun") and output_dir.parent.is_dir():
-        found = _furthest_sibling(output_dir)
+        found = _furthest_sibling(output_dir, same)
         if found is not None:
             log.info("ckpt_path=last: resuming from %s (epoch %d), of the runs in %s the one with the most epochs "
                      "(at equal epochs the newest)", found[0], found[1], output_dir.parent)

@@ -1,0 +1,189 @@
+"""The README's figures, produced rather than typed: its generated sections and pictures come from JSON and PNG files
+that the pipelines and benchmarks wrote, kept under docs/figures/.
+
+    # 1. collect: copy a finished run's metrics.json and plots (and benchmark JSON) into docs/figures/
+    python docs/readme_figures.py collect --demo-run logs/train/jets_demo/<time> --demo-log demo.log \\
+        --lightcurves-run logs/train/lightcurves_transformer/<time> --auger-run logs/train/auger_transformer/<time> \\
+        --bench-model model_a.json model_b.json
+    # 2. render: rewrite the README's generated sections from docs/figures/ (--check: only compare, exit 1 if stale)
+    python docs/readme_figures.py render [--check]
+
+A generated section of README.md lies between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``;
+edit this script or the JSON, never the section. tests/test_readme.py fails when a section differs from what
+``render`` makes of the committed JSON, and (slow) when ``make demo`` prints another table than the README's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FIGURES = HERE / "figures"
+README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT))
+
+
+def _load(name: str) -> dict:
+    return json.loads((FIGURES / name).read_text())
+
+
+def demo_table(metrics: dict) -> str:
+    """The "Test metrics" table exactly as the demo prints it (the same printer, fed from ``metrics.json``)."""
+    from physics_tf.jets.task import JetTaggingTask
+    from physics_tf.tasks.summary import print_test_summary
+
+    values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_test_summary(values, JetTaggingTask.COUNT_KEY, Path("RUN"), ["metrics.json"])
+    lines = out.getvalue().splitlines()
+    end = max(i for i, line in enumerate(lines) if line.startswith("└"))
+    return "\n".join(line.rstrip() for line in lines[: end + 1])
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def section_demo() -> str:
+    demo = _load("demo.json")
+    timing = demo.get("timing", {})
+    lines = []
+    if timing:
+        lines.append(f"`make demo` took {_minutes(timing['generate_s'] + timing['train_s'])} on 2 CPU cores after the "
+                     f"install when these figures were taken ({_minutes(timing['generate_s'])} to generate "
+                     f"{demo['generated_jets']:,} jets, {_minutes(timing['train_s'])} to train the small ParT — "
+                     f"`model=part_small`, {demo['epochs']} epochs over {demo['train_jets']:,} jets — and test it "
+                     f"on {demo['metrics']['num_jets']:,} held-out jets; load average {timing['load']:.1f}). "
+                     "It ends with")
+    lines += ["", "```", demo_table(demo["metrics"]), "```"]
+    return "\n".join(lines)
+
+
+def _ratio(rows: list[dict], key: str) -> tuple[float, float, float]:
+    ours = next(r[key] for r in rows if r["model"] == "physics_tf")
+    ref = next(r[key] for r in rows if r["model"] == "weaver-core")
+    return ours / ref, ours, ref
+
+
+def section_part_vs_weaver() -> str:
+    runs = [_load(p.name) for p in sorted(FIGURES.glob("bench_model_*.json"))]
+    head = "| figure | " + " | ".join(f"threads {r['threads']}, run {chr(65 + i)}" for i, r in enumerate(runs)) + " |"
+    lines = [head, "|---" * (len(runs) + 1) + "|"]
+    for key, what in (("train_jets_s", "fp32 training"), ("infer_jets_s", "fp32 inference")):
+        cells = []
+        for r in runs:
+            fp32 = [row for row in r["rows"] if row["precision"] == "fp32"]
+            ratio, ours, ref = _ratio(fp32, key)
+            cells.append(f"**{ratio:.2f}×** ({ours:.1f} vs {ref:.1f} jets/s)")
+        lines.append(f"| {what}, physics_tf / weaver-core | " + " | ".join(cells) + " |")
+    loads = ", ".join(f"run {chr(65 + i)}: {r['load']:.1f}" if "load" in r else f"run {chr(65 + i)}: not recorded"
+                      for i, r in enumerate(runs))
+    lines += ["", f"Batch {runs[0]['batch']}, {runs[0]['params']:,} parameters on both sides, "
+              f"{runs[0]['rows'][0]['repeats']} repeats each, medians; same weights give logits equal to "
+              f"{max(r['max_logit_diff_same_weights'] for r in runs):.1e}. Load average on the 2 cores: {loads}."]
+    return "\n".join(lines)
+
+
+def section_pictures() -> str:
+    parts = []
+    demo = _load("demo.json")
+    parts.append(f"![ROC of the demo](docs/figures/demo_roc.png)\n\n*The demo's background rejection against top-jet "
+                 f"efficiency (`make demo`; AUC {demo['metrics']['auc_macro']:.4f}).*")
+    if (FIGURES / "auger.json").is_file():
+        a = _load("auger.json")
+        res = a["metrics"]["xmax"]["resolution"]
+        parts.append(f"![Auger X_max resolution against energy](docs/figures/auger_resolution.png)\n\n*X_max bias and "
+                     f"resolution against lg(E/eV) per primary: `{a['command']}` ({a['metrics']['num_events']:,} "
+                     f"test events; σ(X_max) = {res:.1f} g/cm² overall).*")
+    if (FIGURES / "lightcurves.json").is_file():
+        lc = _load("lightcurves.json")
+        m = lc["metrics"]
+        parts.append(f"![Light-curve confusion matrix](docs/figures/lightcurves_confusion.png)\n\n*Normalised "
+                     f"confusion matrix of the light-curve transformer: `{lc['command']}` ({m['num_objects']:,} test "
+                     f"objects; accuracy {m['accuracy']:.3f}, PLAsTiCC weighted log-loss "
+                     f"{m['plasticc_logloss']:.3f}).*")
+    return "\n\n".join(parts)
+
+
+SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures}
+BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(\n<!-- end generated: \2 -->)", re.S)
+
+
+def render(text: str) -> str:
+    def one(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in SECTIONS:
+            raise SystemExit(f"readme_figures: README.md has an unknown generated section {name!r}")
+        return m.group(1) + SECTIONS[name]() + m.group(4)
+
+    return BLOCK.sub(one, text)
+
+
+def sections(text: str) -> dict[str, str]:
+    return {m.group(2): m.group(3) for m in BLOCK.finditer(text)}
+
+
+def collect(a: argparse.Namespace) -> None:
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    if a.demo_run:
+        run = Path(a.demo_run)
+        metrics = json.loads((run / "metrics.json").read_text())
+        demo = {"run": run.name, "metrics": metrics, **json.loads(a.demo_facts or "{}")}
+        (FIGURES / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
+        shutil.copy(run / "roc.png", FIGURES / "demo_roc.png")
+    for name, run, plot, key in (("auger", a.auger_run, "resolution.png", "auger_resolution.png"),
+                                 ("lightcurves", a.lightcurves_run, "confusion.png", "lightcurves_confusion.png")):
+        if run:
+            run = Path(run)
+            info = {"command": a.commands.get(name, ""), "metrics": json.loads((run / "metrics.json").read_text())}
+            (FIGURES / f"{name}.json").write_text(json.dumps(info, indent=1, allow_nan=True) + "\n")
+            shutil.copy(run / plot, FIGURES / key)
+    for i, path in enumerate(a.bench_model or []):
+        shutil.copy(path, FIGURES / f"bench_model_{chr(97 + i)}.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="copy runs' JSON and plots into docs/figures/")
+    c.add_argument("--demo-run")
+    c.add_argument("--demo-facts", help='JSON: {"timing": {"generate_s":, "train_s":, "load":}, "generated_jets":, '
+                                        '"train_jets":, "epochs":}')
+    c.add_argument("--auger-run")
+    c.add_argument("--lightcurves-run")
+    c.add_argument("--command", action="append", default=[], metavar="WING=COMMAND",
+                   help="the command that made a run, shown under its picture")
+    c.add_argument("--bench-model", nargs="+", help="benchmarks/bench_model.py --json files, one per run")
+    r = sub.add_parser("render", help="rewrite README.md's generated sections")
+    r.add_argument("--check", action="store_true", help="do not write; exit 1 if README.md is stale")
+    a = p.parse_args(argv)
+    if a.cmd == "collect":
+        a.commands = dict(x.split("=", 1) for x in a.command)
+        collect(a)
+        return 0
+    text = README.read_text()
+    new = render(text)
+    if a.check:
+        stale = [k for k, v in sections(new).items() if sections(text).get(k) != v]
+        if stale:
+            print(f"README.md: generated sections out of date: {', '.join(stale)} "
+                  "(run python docs/readme_figures.py render)", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
