@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from physics_tf.training.callbacks import RunStateInCheckpoint, WandbTestReport
 from physics_tf.training.checkpoint_io import AtomicCheckpointIO
@@ -32,9 +35,54 @@ from physics_tf.training.reporting import flatten  # W&B and CSV loggers compare
 from physics_tf.data.atomic import atomic_path
 from physics_tf.data.errors import DataError
 from physics_tf.training.resolvers import register_resolvers
+from physics_tf.tasks.summary import print_run_directory
 
 register_resolvers()
 log = logging.getLogger("physics_tf")
+
+# Third-party warnings that are not ours to fix, each matched by its message (and module where it has a stable one):
+_IGNORED_WARNINGS = (
+    # Lightning's CombinedLoader builds torch's LeafSpec, which recent torch deprecates (Lightning's code, every run)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    # Our IterableDatasets shard by (rank, worker) and their __len__ is the exact number of batches of this rank
+    # (data/streaming.py: equal batches per rank, workers split the files): the duplicates the warning fears
+    # cannot happen. Lightning needs the length for its progress bars and the learning-rate schedule.
+    (r"Your `IterableDataset` has `__len__` defined", Warning, r"lightning\."),
+    # Lightning's hint on a machine with srun to prefix the command with srun; physics_tf runs SLURM jobs through
+    # hydra/launcher=slurm (which calls srun itself), and a run on a login node is meant to stay local.
+    (r"The `srun` command is available on your system but is not used", Warning, r"lightning\."),
+)
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisements ("💡 Tip: ... try installing litlogger / litmodels"), logged at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_libraries() -> None:
+    """One log format, no third-party tips, no warnings that are not ours (idempotent; run_train and run_evaluate
+    call it).
+
+    ``import lightning`` gives the ``lightning`` logger a handler of its own (``INFO: ...``) that also propagates
+    to the root logger, so under Hydra's logging every Lightning line came twice. When the root logger has
+    handlers (Hydra's, pytest's), Lightning's own are removed and its records propagate: one line, Hydra's format,
+    also in the run's log file. Without root handlers (a notebook, a plain script) Lightning keeps its own.
+    """
+    for pattern, category, module in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category, module=module)
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in tips.filters):
+        tips.addFilter(_NoTips())
+    if not logging.getLogger().hasHandlers():
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        if name in logging.root.manager.loggerDict:
+            logger = logging.getLogger(name)
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
 
 
 def prepare_output_dir(path: str | Path) -> Path:
@@ -119,11 +167,54 @@ def check_task_fits_data(task_cfg: DictConfig, datamodule: Any) -> None:
                         f"task=..., e.g. task=jets, task=lightcurves, task=auger)", "task._target_")
 
 
-def _checkpoint_io(trainer: L.Trainer, net) -> None:
+def _checkpoint_io(trainer: L.Trainer, net, callback_states: bool = True) -> None:
     """Lightning's own checkpoint reads (``ckpt_path=`` of fit and test, the SLURM auto-resume) upgrade a
-    checkpoint written before the move to one wing per analysis, as :func:`load_checkpoint` does; its writes are
-    atomic (:class:`AtomicCheckpointIO`: a full disk leaves no half-written ``last.ckpt``)."""
-    trainer.strategy.checkpoint_io = UpgradingCheckpointIO(AtomicCheckpointIO(trainer.strategy.checkpoint_io), net)
+    checkpoint written before the move to one wing per analysis, as :func:`load_checkpoint` does, and restore only
+    the callback states that belong to this run (:class:`_ThisRunsStates`); its writes are atomic
+    (:class:`AtomicCheckpointIO`: a full disk leaves no half-written ``last.ckpt``)."""
+    io = UpgradingCheckpointIO(AtomicCheckpointIO(trainer.strategy.checkpoint_io), net)
+    trainer.strategy.checkpoint_io = _ThisRunsStates(io, trainer, callback_states)
+
+
+class _ThisRunsStates(CheckpointIO):
+    """Checkpoint IO that drops, from what it loads, the callback states this run must not restore.
+
+    * An evaluation (``callback_states=False``) restores the weights only: the training run's callbacks (best
+      scores, checkpoint file lists) are not part of it. Lightning would warn that they are missing.
+    * A training run resumed from another run directory (``ckpt_path=`` another run's checkpoint) drops the states
+      of checkpoint callbacks that wrote into that other directory: their best scores and file lists name its files,
+      and this run keeps its own (``checkpoints/best.ckpt`` starts at its first epoch). Lightning would restore
+      only ``best_model_path``, with a "dirpath has changed" warning. A run resumed in its own directory (SLURM
+      requeue, ``ckpt_path=last`` there) restores everything.
+
+    Saving and removing go to the wrapped IO unchanged (it stays reachable as ``.inner``).
+    """
+
+    def __init__(self, inner: CheckpointIO, trainer: L.Trainer, callback_states: bool = True) -> None:
+        self.inner, self.trainer, self.callback_states = inner, trainer, callback_states
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        extra = {} if map_location is None else {"map_location": map_location}
+        checkpoint = self.inner.load_checkpoint(path, weights_only=weights_only, **extra)
+        states = checkpoint.get("callbacks")
+        if not self.callback_states:
+            checkpoint.pop("callbacks", None)
+        elif isinstance(states, dict):
+            ours = {os.path.realpath(str(cb.dirpath)) for cb in self.trainer.checkpoint_callbacks if cb.dirpath}
+            checkpoint["callbacks"] = {
+                key: state for key, state in states.items()
+                if not (isinstance(state, dict) and state.get("dirpath")
+                        and os.path.realpath(str(state["dirpath"])) not in ours)}
+        return checkpoint
+
+    def remove_checkpoint(self, path) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
 
 
 def _finish_loggers(loggers: list[Any]) -> None:
@@ -134,17 +225,17 @@ def _finish_loggers(loggers: list[Any]) -> None:
             wandb.finish()  # one run per job, also between Hydra multirun jobs
 
 
-def _report(output_dir: Path) -> dict[str, Any]:
+def _report(output_dir: Path, tested: bool = True) -> dict[str, Any]:
+    """The end of every run (rank 0): the run directory and what is in it (:func:`print_run_directory`); returns
+    the test metrics (``metrics.json``; empty without a test stage)."""
+    print_run_directory(output_dir)
     path = output_dir / "metrics.json"
-    if not path.is_file():
-        return {}
-    metrics = json.loads(path.read_text())
-    log.info("test metrics (%s): %s", path, json.dumps(metrics, indent=None))
-    return metrics
+    return json.loads(path.read_text()) if tested and path.is_file() else {}
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (optionally) test. Returns the test metrics (empty if ``test=false``)."""
+    quiet_libraries()
     adopt_submitit_local_ranks()  # hydra/launcher=local with several tasks: ranks from submitit
     check_devices(cfg.trainer)
     check_launch(cfg.trainer)
@@ -189,8 +280,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         check_checkpoint_matches(ckpt_path, task)
     try:
         if cfg.get("train", True):
-            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics: dict[str, Any] = {}
+            with logging_redirect_tqdm():  # log lines above the progress bar, not glued to its end
+                trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.get("test", True):
             ckpt = None
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -199,15 +290,14 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             elif cfg.get("test_ckpt") == "last" and (output_dir / "checkpoints" / "last.ckpt").is_file():
                 ckpt = str(output_dir / "checkpoints" / "last.ckpt")
             log.info("testing with %s", ckpt or "the current weights")
-            trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
-            if trainer.is_global_zero:
-                metrics = _report(output_dir)
+            with logging_redirect_tqdm():
+                trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
     except BaseException:
         _stop_launched_ranks(trainer)
         raise
     finally:
         _finish_loggers(loggers)
-    return metrics
+    return _report(output_dir, tested=bool(cfg.get("test", True))) if trainer.is_global_zero else {}
 
 
 def _evaluate_data(given: DictConfig | None, stored: DictConfig) -> DictConfig:
@@ -236,6 +326,7 @@ def _stop_launched_ranks(trainer: L.Trainer) -> None:
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild model + data from the checkpoint's stored config (or ``cfg.data`` if given) and run the test stage."""
+    quiet_libraries()
     check_devices(cfg.trainer)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
     with _disk_space_is_one_line(output_dir):
@@ -253,12 +344,18 @@ def _test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                                               "data": OmegaConf.to_container(data_cfg, resolve=True)}))
     datamodule, net, task = _build(run_cfg, output_dir, stored.model, stored.task)
     loggers = _instantiate_all(cfg.get("logger"))
+    # the progress bar of a training run (Lightning's default would be Rich's, which draws over printed tables);
     # with a W&B logger the evaluate run gets the same plots, tables and summary metrics as a training run's test
-    callbacks = [WandbTestReport()] if any(type(lg).__name__ == "WandbLogger" for lg in loggers) else []
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    _checkpoint_io(trainer, net)
+    callbacks: list[Any] = [L.pytorch.callbacks.TQDMProgressBar()]
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        callbacks.append(WandbTestReport())
+    # an evaluation writes no checkpoints, and restores only the weights of the one it reads
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     enable_checkpointing=False)
+    _checkpoint_io(trainer, net, callback_states=False)
     try:
-        trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False, weights_only=True)
+        with logging_redirect_tqdm():
+            trainer.test(task, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False, weights_only=True)
     finally:
         _finish_loggers(loggers)
     return _report(output_dir) if trainer.is_global_zero else {}

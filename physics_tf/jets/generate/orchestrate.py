@@ -30,7 +30,7 @@ import numpy as np
 
 from physics_tf.data import manifest
 from physics_tf.jets.generate.events import COMMON_SETTINGS, PROCESSES, generate_jets
-from physics_tf.jets.generate.substructure import JetCuts
+from physics_tf.jets.generate.substructure import JetCuts, fastjet_banner
 from physics_tf.jets.schema import AUX_BRANCHES, JET_BRANCHES, JETCLASS_LABELS, LABEL_DTYPES, PARTICLE_BRANCHES
 
 __all__ = ["SPLITS", "chunk_seed", "generate_dataset", "run_generate"]
@@ -253,6 +253,7 @@ def generate_dataset(
 
     from tqdm.auto import tqdm
 
+    fastjet_banner(show=True)  # once, above the progress bar; the workers print none
     with tqdm(total=total, unit="jet", desc="generating jets", dynamic_ncols=True, disable=not progress) as bar:
         if n_workers <= 1:
             for ch in chunks:
@@ -263,7 +264,7 @@ def generate_dataset(
             ctx = mp.get_context("spawn")
             mgr = SyncManager(ctx=ctx)
             mgr.start(_die_with_parent, (os.getpid(),))
-            with mgr, ctx.Pool(min(n_workers, len(chunks)), _die_with_parent, (os.getpid(),)) as pool:
+            with mgr, ctx.Pool(min(n_workers, len(chunks)), _init_worker, (os.getpid(),)) as pool:
                 q = mgr.Queue()
                 asyncs = [pool.apply_async(_run_chunk, (ch, q.put)) for ch in chunks]
                 done = 0
@@ -310,6 +311,12 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _init_worker(parent_pid: int) -> None:
+    """Pool initializer: :func:`_die_with_parent`, and no FastJet banner (the generator printed it once)."""
+    _die_with_parent(parent_pid)
+    fastjet_banner(show=False)
+
+
 def _drain(q, bar, timeout: float) -> None:
     """Move the workers' progress increments from the queue to the bar."""
     try:
@@ -331,9 +338,8 @@ def _package_version(name: str) -> str:
 
 
 def run_generate(cfg) -> dict[str, object]:
-    """Hydra entry (``gen._target_`` of ``conf/gen/jets_*.yaml``): run the generation described by ``cfg.gen``."""
-    import json
-
+    """Hydra entry (``gen._target_`` of ``conf/gen/jets_*.yaml``): run the generation described by ``cfg.gen`` and
+    end as every run does, with a table (jets per split, events per process, speed) and the files written where."""
     from omegaconf import OmegaConf
 
     g = OmegaConf.to_container(cfg.gen, resolve=True)
@@ -352,5 +358,20 @@ def run_generate(cfg) -> dict[str, object]:
         force=g["force"],
         progress=g.get("progress", True),
     )
-    logging.getLogger("physics_tf").info("generation summary:\n%s", json.dumps(summary, indent=2, default=str))
+    print_generation_summary(summary, Path(g["out_dir"]))
     return summary
+
+
+def print_generation_summary(summary: Mapping[str, object], out_dir: Path) -> None:
+    """The generation summary as a table (:func:`physics_tf.tasks.summary.print_summary_table`)."""
+    from physics_tf.tasks.summary import print_summary_table
+
+    rows: dict[str, object] = {f"{split} jets": n for split, n in dict(summary.get("n_jets") or {}).items()}
+    rows.update({f"{proc} events": n for proc, n in dict(summary.get("n_events") or {}).items()})
+    skipped = bool(summary.get("skipped"))  # the manifest matched: the numbers are those of the earlier run
+    if not skipped:
+        rows.update({"workers": summary.get("n_workers"), "wall time (s)": summary.get("wall_s"),
+                     "jets/s per core": summary.get("jets_per_s_per_core")})
+    files = [Path(str(f)).name for f in summary.get("files") or []]
+    print_summary_table("Jets already generated" if skipped else "Generated jets", ("data set", "value"), rows,
+                        out_dir, [*files, "manifest.json"], where="in" if skipped else "written to")

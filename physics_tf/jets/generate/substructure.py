@@ -20,13 +20,33 @@ FastJet is imported inside the functions: the module imports without the optiona
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from physics_tf.jets.schema import wrap_phi
 
-__all__ = ["JetCuts", "softdrop_mass", "nsubjettiness", "jet_features"]
+__all__ = ["JetCuts", "fastjet_banner", "softdrop_mass", "nsubjettiness", "jet_features"]
+
+
+def fastjet_banner(show: bool) -> None:
+    """FastJet prints its banner (authors, the paper to cite, the licence) on stdout at the first clustering of
+    every process, so a generator with two workers printed it twice, glued to its progress bar.
+
+    ``show=True`` prints it now (the generator, before its progress bar); FastJet prints it once per process, so a
+    later clustering here prints nothing. ``show=False`` silences it in this process (the workers). Both the
+    vectorised and the PseudoJet interface share one library, so this covers both. Nothing without FastJet.
+    """
+    try:
+        from fastjet._swig import ClusterSequence
+    except ImportError:  # the optional gen extra is missing: generate_jets says so in one line
+        return
+    if show:
+        sys.stdout.flush()  # FastJet writes to C++'s std::cout, past Python's buffer
+        ClusterSequence.print_banner()
+    else:
+        ClusterSequence.set_fastjet_banner_stream(None)
 
 
 @dataclass(frozen=True)
