@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from physics_tf.training.resolvers import register_resolvers
 from physics_tf.training.validate import validate_config
-from physics_tf.config import config_dir, project_root
+from physics_tf.config import config_dir
 
 register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function
 
@@ -112,7 +112,6 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
             raise SystemExit(1) from None
 
     def main() -> Any:
-        os.environ.setdefault("PROJECT_ROOT", str(project_root()))
         # Hydra prints composition errors over several lines unless HYDRA_FULL_ERROR is set, in which case it raises
         # them: catch them here and print one line (a user who set HYDRA_FULL_ERROR gets Hydra's full trace).
         full_error_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"

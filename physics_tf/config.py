@@ -25,9 +25,3 @@ def config_dir() -> Path:
         "physics_tf cannot find its Hydra configs (train.yaml); looked in: " + ", ".join(map(str, candidates))
         + ". Set PHYSICS_TF_CONFIG_DIR to the repository's conf/ directory."
     )
-
-
-def project_root() -> Path:
-    """The repository root in a checkout, else the current directory (where data/ and logs/ then go)."""
-    root = _PACKAGE_DIR.parent
-    return root if (root / "conf" / "train.yaml").is_file() else Path.cwd()

@@ -275,7 +275,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams({**flatten(resolved), "n_parameters": n_params})
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    same = {"model._target_": cfg.model.get("_target_"), "data._target_": cfg.data.get("_target_"),
+            "data.files": OmegaConf.to_container(cfg.data.files, resolve=True) if "files" in cfg.data else None}
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, same)
     if ckpt_path is not None:
         check_checkpoint_matches(ckpt_path, task)
     try:
