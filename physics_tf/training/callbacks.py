@@ -110,47 +110,69 @@ CONFIG_KEY = "physics_tf_config"
 RNG_KEY = "physics_tf_rng"
 
 
+def _rng_state() -> dict[str, Any]:
+    """This process's torch, numpy and python RNG states, as tensors and plain Python values (so checkpoints load
+    with ``torch.load(weights_only=True)``)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
 class RunStateInCheckpoint(L.Callback):
     """Stores the resolved run config and the random-number states in every checkpoint.
 
     The config (``checkpoint["physics_tf_config"]``) lets ``evaluate.py`` rebuild model and data; the RNG states
     (torch, numpy, python) are restored on resume so dropout draws continue as in an uninterrupted run — with the
     data order fixed by (seed, epoch), a resumed run ends with the same weights as one that never stopped.
+    Under DDP every rank's states are gathered (``checkpoint["physics_tf_rng"]["ranks"]``, rank 0 writes the file)
+    and each rank restores its own: the ranks draw different dropout masks, their batches differing in size.
+    Resumed with another number of ranks, every rank takes rank 0's states.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        import random
-
-        import numpy as np
+        import torch.distributed as dist
 
         checkpoint[CONFIG_KEY] = self.config
-        # only tensors and plain Python values, so checkpoints load with torch.load(weights_only=True)
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint[RNG_KEY] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": random.getstate(),
-        }
+        state = _rng_state()
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # every rank builds the checkpoint (Lightning's saves are collective), so the gather cannot hang
+            ranks: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(ranks, state)
+            state = {**state, "ranks": ranks}
+        checkpoint[RNG_KEY] = state
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # applied at the first training batch after the restore, so nothing in between (the sanity check, loop
         # bookkeeping) can shift the draws
-        self._pending_rng = checkpoint.get(RNG_KEY)
+        state = checkpoint.get(RNG_KEY)
+        ranks = state.get("ranks") if isinstance(state, dict) else None
+        if ranks and len(ranks) == trainer.world_size:
+            state = ranks[trainer.global_rank]
+        self._pending_rng = state
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        import random
-
-        import numpy as np
-
         state, self._pending_rng = getattr(self, "_pending_rng", None), None
         if state is not None:
-            torch.set_rng_state(state["torch"])
-            name, keys, pos, has_gauss, gauss = state["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            random.setstate(state["python"])
+            _set_rng_state(state)
 
 
 class FaultInjection(L.Callback):
@@ -159,17 +181,46 @@ class FaultInjection(L.Callback):
     Enable from the command line, e.g. ``+callbacks.fault._target_=physics_tf.training.callbacks.FaultInjection
     +callbacks.fault.rank=1 +callbacks.fault.step=3 +callbacks.fault.mode=exit``. Modes: ``raise`` (a Python
     exception), ``exit`` (``os._exit``: the process vanishes without clean-up, like a killed or crashed rank),
-    ``hang`` (the rank stops responding: the others hit the DDP strategy's collective timeout).
+    ``hang`` (the rank stops responding: the others hit the DDP strategy's collective timeout),
+    ``kill_in_checkpoint`` (the rank SIGKILLs itself inside the first checkpoint write at or after ``step``, once
+    half of the file's bytes are on disk: ``kill -9`` during a checkpoint; the rank that writes checkpoints is 0).
     Never part of a default config.
     """
 
+    MODES = ("raise", "exit", "hang", "kill_in_checkpoint")
+
     def __init__(self, rank: int = 1, step: int = 1, mode: str = "raise", exit_code: int = 3) -> None:
-        if mode not in ("raise", "exit", "hang"):
-            raise ValueError(f"FaultInjection.mode must be raise, exit or hang, not {mode!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"FaultInjection.mode must be one of {', '.join(self.MODES)}, not {mode!r}")
         self.rank, self.step, self.mode, self.exit_code = int(rank), int(step), mode, int(exit_code)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.mode != "kill_in_checkpoint" or trainer.global_rank != self.rank:
+            return
+        from physics_tf.training.checkpoint_io import AtomicCheckpointIO
+
+        io = trainer.strategy.checkpoint_io
+        while not isinstance(io, AtomicCheckpointIO) and hasattr(io, "inner"):
+            io = io.inner  # physics_tf's IO wrappers (UpgradingCheckpointIO) keep the wrapped one as .inner
+        if not isinstance(io, AtomicCheckpointIO):
+            raise RuntimeError("FaultInjection mode=kill_in_checkpoint needs physics_tf's AtomicCheckpointIO "
+                               f"(run_train installs it), found {type(trainer.strategy.checkpoint_io).__name__}")
+
+        def midway(tmp, final, written: int, total: int) -> None:
+            if trainer.global_step < self.step:
+                return
+            log.error("FaultInjection: rank %d SIGKILLs itself at step %d while writing %s (%d of %d bytes in %s)",
+                      self.rank, trainer.global_step, final, written, total, tmp.name)
+            for handler in logging.getLogger().handlers + log.handlers:
+                handler.flush()
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        io.midway = midway
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_rank != self.rank or trainer.global_step < self.step:
+        if self.mode == "kill_in_checkpoint" or trainer.global_rank != self.rank or trainer.global_step < self.step:
             return
         log.error("FaultInjection: rank %d fails (%s) at step %d", self.rank, self.mode, trainer.global_step)
         if self.mode == "exit":
