@@ -1,6 +1,7 @@
 """No sample counted twice: the test stage keeps each sample once by its ``aux_index`` (DDP padding, re-reads), checks
 the count against the split, and a jet with no label flag set is a one-line error or, with
-``data.skip_unlabelled=true``, skipped and counted."""
+``data.skip_unlabelled=true``, skipped and counted. Under DDP on 2 CPU processes with an odd number of test samples,
+through the CLI, for every analysis (jets, Auger, light curves)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from conftest import synth_jetclass
-from test_pipelines import compose_train
+from test_pipelines import MID_EPOCH, compose_train
 
 from physics_tf.auger.data import AugerDataset
 from physics_tf.auger.simulate import run_generate
@@ -34,8 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 UNLABELLED = [17, 30, 31, 64, 99, 100, 128, 150, 151, 177, 200]  # 11 of the 201 test jets
 
 
-def _jets_dir(root: Path, n_test: int = 201, unlabelled=()) -> Path:
-    """generated/jets_demo/{train,val,test}_000.root (QCD / top jets; ``unlabelled`` test entries carry no flag)."""
+def empty_jets(particles: dict, jets: dict, entries) -> dict:
+    """``particles`` (of :func:`synth_jetclass`) with the jets ``entries`` emptied; ``jets["jet_nparticles"]``
+    updated in place."""
+    import awkward as ak
+
+    n = len(jets["jet_nparticles"])
+    keep = np.where(np.isin(np.arange(n), list(entries)), 0, 10**6)[:, None]  # particles kept per jet
+    particles = {name: a[ak.local_index(a) < keep] for name, a in particles.items()}
+    jets["jet_nparticles"] = ak.to_numpy(ak.num(particles["part_px"])).astype(float)
+    return particles
+
+
+def _jets_dir(root: Path, n_test: int = 201, unlabelled=(), empty=()) -> Path:
+    """generated/jets_demo/{train,val,test}_000.root (QCD / top jets; ``unlabelled`` test entries carry no flag,
+    ``empty`` test entries no particle)."""
     out = root / "generated" / "jets_demo"
     out.mkdir(parents=True)
     for i, (split, n) in enumerate([("train", 48), ("val", 32), ("test", n_test)]):
@@ -43,13 +57,14 @@ def _jets_dir(root: Path, n_test: int = 201, unlabelled=()) -> Path:
         if split == "test":
             for name in lab:
                 lab[name][list(unlabelled)] = 0
+            p = empty_jets(p, j, empty)
         write_jetclass_root(out / f"{split}_000.root", p, j, lab)
     return root
 
 
-FAST = ["experiment=jets_pfn", "data.batch_size=16", "data.shuffle_buffer=32", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "logger=csv",
-        "callbacks.progress_bar.refresh_rate=0"]
+COMMON = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "logger=csv",
+          "callbacks.progress_bar.refresh_rate=0"]
+FAST = ["experiment=jets_pfn", "data.batch_size=16", "data.shuffle_buffer=32", *COMMON]
 
 
 def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -162,15 +177,74 @@ def test_skip_unlabelled_counts_the_labelled_jets_once(tmp_path):
     np.testing.assert_array_equal(np.sort(pred["index"]), np.setdiff1d(np.arange(201), UNLABELLED))
 
 
-def test_ddp_two_processes_count_every_test_jet_once(tmp_path):
-    """161 test jets over 2 ranks in batches of 16: rank 0 reads 81 jets in 6 batches, so rank 1 (80 jets) must
-    read one jet twice to yield 6 batches too; it counts once."""
-    data = _jets_dir(tmp_path / "data", n_test=161)
-    res = _cli([*FAST, "trainer=ddp_cpu", "trainer.devices=2", f"paths.data_dir={data}",
-                f"hydra.run.dir={tmp_path}/run"], timeout=400)
+def _ddp_test_counts(args: list[str], data: Path, run: Path, count_key: str, index: np.ndarray):
+    """Train + test through the CLI on 2 CPU processes (DDP inside pytest would re-run pytest's argv): the test
+    count in ``metrics.json`` is that of the distinct samples ``index`` and ``predictions.npz`` holds each of them
+    once. Returns (metrics, predictions, the console output)."""
+    res = _cli([*args, "trainer=ddp_cpu", "trainer.devices=2", f"paths.data_dir={data}", f"hydra.run.dir={run}"],
+               timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["num_jets"] == 161
-    pred = np.load(tmp_path / "run" / "predictions.npz")
-    np.testing.assert_array_equal(np.sort(pred["index"]), np.arange(161))
-    assert len(pred["probs"]) == 161
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics[count_key] == len(index)
+    pred = dict(np.load(run / "predictions.npz"))
+    np.testing.assert_array_equal(np.sort(pred["index"]), index)
+    assert {name: len(a) for name, a in pred.items() if a.ndim and name != "class_names"} == {
+        name: len(index) for name, a in pred.items() if a.ndim and name != "class_names"}
+    return metrics, pred, res.stdout + res.stderr
+
+
+EMPTY = [3, 40, 41, 90, 131, 160]  # test jets with zero particles
+
+
+def test_ddp_two_processes_count_every_test_jet_once(tmp_path):
+    """161 test jets, 6 of them empty, over 2 ranks × 2 workers in batches of 16: a rank must read jets twice to
+    yield as many batches as the other; each counts once, and the dropped empty jets are summed over workers and
+    ranks into metrics.json and warned about once."""
+    data = _jets_dir(tmp_path / "data", n_test=161, empty=EMPTY)
+    metrics, pred, output = _ddp_test_counts([*FAST, "data.num_workers=2"], data, tmp_path / "run", "num_jets",
+                                             np.setdiff1d(np.arange(161), EMPTY))
+    assert metrics["num_dropped_empty"] == len(EMPTY)
+    warned = [line for line in output.splitlines() if "num_dropped_empty=" in line]
+    assert len(warned) == 1 and "test, all ranks and workers: num_dropped_empty=6 (jets with zero particles" in \
+        warned[0], output[-3000:]
+    assert "distinct samples of the" not in output  # the count check knows why 6 are missing
+    # test/loss (CSV log) is the mean cross-entropy of the distinct jets
+    (csv,) = (tmp_path / "run").rglob("metrics.csv")
+    logged = [line.split(",") for line in csv.read_text().splitlines()]
+    loss = float(logged[-1][logged[0].index("test/loss")])
+    expected = -np.log(pred["probs"][np.arange(len(pred["labels"])), pred["labels"]]).mean()
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_ddp_two_processes_count_every_auger_event_once(tmp_path):
+    """37 test events over 2 ranks: each reads 19, rank 1 one event wrapped around from the start; each counts once.
+    (16 training events are one block of 16: rank 1, dealt none, borrows it rather than hang the other rank.)"""
+    from omegaconf import OmegaConf
+
+    run_generate(OmegaConf.create({"out_dir": str(tmp_path / "data" / "generated" / "auger_sim"), "n_train": 16,
+                                   "n_val": 8, "n_test": 37, "chunk": 16, "seed": 0, "progress": False}))
+    _ddp_test_counts(["experiment=auger_hexconv", *MID_EPOCH["auger_hexconv"], *COMMON], tmp_path / "data",
+                     tmp_path / "run", "num_events", np.arange(37))
+
+
+def test_ddp_two_processes_count_every_light_curve_once(tmp_path):
+    """25 test objects over 2 ranks (Lightning's DistributedSampler pads to 26); each counts once, also in the
+    early-classification curve: truncated after 10⁵ days it is the full light curve, so its numbers are the
+    test's own."""
+    from physics_tf.lightcurves.simulate import write_dataset
+
+    write_dataset(tmp_path / "data" / "generated" / "lightcurves_sim", {"train": 16, "val": 8, "test": 25}, seed=1,
+                  csv=False)
+    from physics_tf.lightcurves.task import plasticc_weighted_logloss
+
+    metrics, pred, _ = _ddp_test_counts(["experiment=lightcurves_gru", *MID_EPOCH["lightcurves_gru"], *COMMON,
+                                         "task.early_days=[0,100000]"], tmp_path / "data", tmp_path / "run",
+                                        "num_objects", np.arange(25))
+    assert metrics["early_100000d_logloss"] == pytest.approx(metrics["plasticc_logloss"], rel=1e-9)
+    assert metrics["early_100000d_accuracy"] == pytest.approx(metrics["accuracy"], rel=1e-9)
+    # the padded row (object 0 again) would have shown: the log-loss of the 26 rows is another number
+    codes = [90, 42, 62, 95, 15, 64, 88, 92, 16, 65, 53, 6]
+    first = int(np.flatnonzero(pred["index"] == 0)[0])
+    padded = plasticc_weighted_logloss(np.concatenate([pred["probs"], pred["probs"][[first]]]),
+                                       np.concatenate([pred["labels"], pred["labels"][[first]]]), codes)
+    assert padded != pytest.approx(metrics["plasticc_logloss"], rel=1e-9)

@@ -26,7 +26,8 @@ Streaming: each split is cut into blocks of
 with a seed of (seed, epoch), dealt to DDP ranks round-robin and, inside a rank, to DataLoader workers; a
 worker reads ``shuffle_blocks`` blocks at a time and shuffles the events among them. Every rank yields the same
 number of training batches (:func:`physics_tf.data.streaming.batches_per_rank` with ``drop_last``; a rank short
-of events wraps around its own blocks). Validation / test read every event once, in file order, in equal
+of events wraps around its own blocks; a rank dealt none, when the split has fewer blocks than ranks, reads
+the block ``rank mod blocks``). Validation / test read every event once, in file order, in equal
 contiguous spans per rank (padded by wrapping around, as ``DistributedSampler`` does, so every rank yields the
 same number of batches and collective ops cannot hang).
 
@@ -146,7 +147,8 @@ class AugerDataset(IterableDataset):
         if self.train:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
             blocks = [blocks[i] for i in order]
-        return blocks[self.rank :: self.world_size]
+        # a rank must yield its batches even when the split has fewer blocks than ranks (else DDP hangs)
+        return blocks[self.rank :: self.world_size] or blocks[self.rank % len(blocks) :][:1]
 
     def __len__(self) -> int:
         if self.train:

@@ -5,7 +5,8 @@ Targets and losses are :class:`~physics_tf.tasks.regression.RegressionTask`'s. T
 * an optional classification of the primary (p, He, N, Fe): with ``num_classes > 0`` (data
   ``classify_primary=true``) the network returns that many logits after the regression outputs, trained with
   cross-entropy on ``aux_primary`` weighted by ``class_loss_weight``; validation logs ``val/accuracy``;
-* validation ``val/resolution`` (std of the X_max residual, g/cm²) and ``val/bias``, gathered from every rank;
+* validation ``val/resolution`` (std of the X_max residual, g/cm²) and ``val/bias``, of the events of every rank,
+  each counted once (as ``val/loss`` and ``val/accuracy``: :mod:`physics_tf.tasks.samples`);
 * the test summary (``metrics.json``): per target bias, resolution, rms and spread overall, per primary and in
   bins of lg E; the merit factor MF = |μ_p − μ_Fe| / sqrt(σ_p² + σ_Fe²) of the *predicted* X_max (and of the true
   one for reference); with the classifier, ``primary``: accuracy, ``auc_macro`` and the row-normalised confusion
@@ -28,7 +29,7 @@ from torch import nn
 
 from physics_tf.auger.schema import PRIMARIES
 from physics_tf.tasks import regression as core
-from physics_tf.tasks.metrics import PredictionAccumulator, accuracy, auc_macro, confusion_matrix
+from physics_tf.tasks.metrics import accuracy, auc_macro, confusion_matrix
 
 __all__ = ["AugerRegressionTask", "merit_factor", "primary_summary", "regression_summary"]
 
@@ -113,9 +114,8 @@ class AugerRegressionTask(core.RegressionTask):
         super().__init__(net, target_names, target_mean, target_std, **kwargs)
         self.primaries = primaries
         self.num_extra_outputs = num_classes
-        self.val_residuals = PredictionAccumulator("xmax")
-        fields = ("pred", "true", "aux_lg_energy", "aux_primary") + (("probs",) if num_classes else ())
-        self.test_outputs = PredictionAccumulator(*fields)
+        probs = ("probs",) if num_classes else ()
+        self.declare_samples("weight", "pred", "true", "aux_lg_energy", "aux_primary", *probs)
 
     # ------------------------------------------------------------------ primary classifier
     def extra_loss(self, extra: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -125,39 +125,30 @@ class AugerRegressionTask(core.RegressionTask):
         ce = F.cross_entropy(extra, batch["aux_primary"].long(), reduction="none")  # (B,)
         return self.hparams.class_loss_weight * ce
 
-    # ------------------------------------------------------------------ validation
-    def on_validation_outputs(self, mu: torch.Tensor, extra: torch.Tensor | None,
-                              batch: Mapping[str, torch.Tensor]) -> None:
-        if extra is not None:
-            acc = (extra.argmax(-1) == batch["aux_primary"].long()).float().mean()
-            self.log("val/accuracy", acc, on_epoch=True, sync_dist=True, batch_size=mu.shape[0])
-        if "xmax" in self.target_names:
-            i = self.target_names.index("xmax")
-            residual = self.physical(mu)[:, i] - self.physical(batch["y"].float())[:, i]  # (B,) g/cm²
-            self.val_residuals.update(xmax=residual.detach())
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.val_residuals.has_data:
-            return
-        res = self.val_residuals.compute()["xmax"]  # every rank's events; collective
-        self.val_residuals.reset()
-        if res.numel() > 1:
-            self.log("val/resolution", res.std(), prog_bar=True, sync_dist=True)
-            self.log("val/bias", res.mean(), sync_dist=True)
-
-    # ------------------------------------------------------------------ test
-    def extra_test_samples(self, extra: torch.Tensor | None, batch: Mapping[str, torch.Tensor]
+    # ------------------------------------------------------------------ validation / test
+    def extra_eval_samples(self, extra: torch.Tensor | None, batch: Mapping[str, torch.Tensor]
                            ) -> dict[str, torch.Tensor]:
-        """The truth the test numbers are binned in (``aux_lg_energy``, ``aux_primary``) and the primary's
+        """The truth the numbers are binned in (``aux_lg_energy``, ``aux_primary``) and the primary's
         probabilities."""
         samples = {}
         for key in ("aux_lg_energy", "aux_primary"):
             if key not in batch:
-                raise ValueError(f"batch: test metrics need the truth field '{key}'")
+                raise ValueError(f"batch: the validation and test numbers need the truth field '{key}'")
             samples[key] = batch[key].detach()
         if extra is not None:
             samples["probs"] = extra.softmax(-1).detach()
         return samples
+
+    def validation_values(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """``loss``, ``accuracy`` of the primary (with the classifier), and ``resolution`` / ``bias`` of X_max."""
+        values = super().validation_values(arrays)
+        if "probs" in arrays:
+            values["accuracy"] = accuracy(arrays["probs"], arrays["aux_primary"])
+        if "xmax" in self.target_names and len(arrays["pred"]) > 1:
+            pred, true = self.target_arrays(arrays)
+            stats = core.residual_stats(pred["xmax"] - true["xmax"])
+            values["resolution"], values["bias"] = stats["resolution"], stats["bias"]
+        return values
 
     @staticmethod
     def _truth(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

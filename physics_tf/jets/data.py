@@ -98,6 +98,16 @@ class JetDataModule(StreamingDataModule):
         """What the task needs to know about the data (``instantiate(cfg.task, net=..., **dm.task_kwargs)``)."""
         return {"class_names": list(self.class_names)}
 
+    # what epoch_counts names, for the task's once-per-epoch warning
+    COUNT_NOTES = {"num_dropped_empty": "jets with zero particles, dropped"}
+
+    def epoch_counts(self, split: str) -> dict[str, int]:
+        """``num_dropped_empty``: the jets with zero particles this rank's loader of ``split`` dropped in the current
+        epoch (so far), over its workers; the task sums it over ranks at the end of every epoch, warns once, and
+        writes the test split's to ``metrics.json`` (:mod:`physics_tf.tasks.samples`)."""
+        dataset = self.datasets.get(split)
+        return {} if dataset is None else {"num_dropped_empty": dataset.dropped_empty}
+
     # ------------------------------------------------------------------ Lightning hooks
     def _build_dataset(self, split: str, files: list[str], rank: int, world: int) -> JetIterableDataset:
         """Cut the files into pieces (metadata only) and build the split's streaming dataset."""
@@ -107,7 +117,7 @@ class JetDataModule(StreamingDataModule):
 
 
     def split_counts(self, split: str) -> dict[str, int]:
-        """What the test stage checks its sample count against (:meth:`physics_tf.tasks.base.Task.check_counts`):
+        """What the test stage checks its sample count against (:func:`physics_tf.tasks.metrics.sample_counts`):
         ``num_entries``, the jets in the split's files, and with ``skip_unlabelled`` ``num_skipped_unlabelled``,
         the jets among them with no label flag set (the label branches are read once more for it)."""
         dataset = self.datasets.get(split)

@@ -29,6 +29,12 @@ rank's span, until its quota of jets is filled (these jets are seen twice in tha
 logged). Glob only the files of the selected classes to avoid this. If a whole span yields no jet at all a
 :class:`~physics_tf.data.errors.DataError` is raised instead of looping.
 
+Jets dropped for having zero particles are counted as they are read, in each worker's own region only (so every
+entry of the split counts once over ranks and workers): :attr:`JetIterableDataset.dropped_empty` is this rank's
+count of the current epoch, summed over its workers through shared memory (one slot per worker, reset at every
+:meth:`~JetIterableDataset.set_epoch`); the task sums it over ranks at the end of the epoch and logs it once
+(:meth:`physics_tf.jets.data.JetDataModule.epoch_counts`).
+
 Every batch carries ``aux_index (B,)`` int64, the jet's entry over the split (file offset + entry, files in
 split order), so the test stage counts a jet that was read twice once (:meth:`physics_tf.tasks.base.Task`).
 
@@ -56,6 +62,8 @@ from physics_tf.jets.readers import make_reader
 __all__ = ["build_pieces", "JetIterableDataset"]
 
 log = logging.getLogger(__name__)
+
+MAX_WORKERS = 1024  # DataLoader workers per rank whose dropped-jet counts are kept (one shared slot each)
 
 
 class _Jets(NamedTuple):
@@ -128,16 +136,24 @@ class JetIterableDataset(IterableDataset):
             raise EmptyFileError(", ".join(self.files) or "<no files>", "the split holds no entries")
         # shared with DataLoader workers (also persistent ones): set_epoch() in the main process is seen there
         self._epoch = multiprocessing.get_context().RawValue("q", 0)
+        # the same way: jets with zero particles dropped this epoch, one slot per worker (each written by its worker)
+        self._dropped = multiprocessing.get_context().RawArray("q", MAX_WORKERS)
         self.set_distributed(rank, world_size)
 
     # ------------------------------------------------------------------ control
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle (takes effect at the next ``iter()``)."""
+        """Select the epoch's shuffle (takes effect at the next ``iter()``) and start its counts afresh."""
         self._epoch.value = int(epoch)
+        self._dropped[:] = [0] * MAX_WORKERS
 
     @property
     def epoch(self) -> int:
         return int(self._epoch.value)
+
+    @property
+    def dropped_empty(self) -> int:
+        """Jets with zero particles this rank's workers dropped in the current epoch, so far (module docstring)."""
+        return int(sum(self._dropped))
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         if not 0 <= rank < world_size:
@@ -181,8 +197,10 @@ class JetIterableDataset(IterableDataset):
         return span_start, span_size, offset, quotas[worker_id]
 
     # ------------------------------------------------------------------ iteration
-    def _read(self, seq: list[Piece], cum: np.ndarray, pos: int, length: int, stats: dict | None):
-        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as :class:`_Jets`."""
+    def _read(self, seq: list[Piece], cum: np.ndarray, pos: int, length: int, stats: dict | None,
+              slot: int | None = None):
+        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as :class:`_Jets`; with
+        ``stats``, the worker's running count of jets dropped for zero particles goes to its shared ``slot``."""
         while length > 0:
             i = bisect.bisect_right(cum, pos) - 1
             piece = seq[i]
@@ -193,6 +211,8 @@ class JetIterableDataset(IterableDataset):
             for chunk in reader.iterate(s, e, step_size=self.cfg.chunk_size):
                 ca, entries = chunk_to_arrays(chunk, self.cfg, source=piece.file, entry_start=cur, stats=stats,
                                               return_entries=True)
+                if stats is not None and slot is not None:
+                    self._dropped[slot] = stats.get("dropped_no_particles", 0)
                 yield _Jets(*ca, entries + self.file_offsets[piece.file])
                 cur += len(chunk)
             length -= e - s
@@ -205,6 +225,9 @@ class JetIterableDataset(IterableDataset):
         its end), so the regions of all workers and ranks count every entry of the split once; a re-read does not.
         """
         span_start, span_size, offset, quota = self.worker_plan(epoch, worker_id, num_workers)
+        if num_workers > MAX_WORKERS:
+            raise ValueError(f"num_workers {num_workers}: at most {MAX_WORKERS} DataLoader workers per rank")
+        self._dropped[worker_id] = 0
         if quota <= 0:
             return
         seq = self._epoch_pieces(epoch)
@@ -216,7 +239,7 @@ class JetIterableDataset(IterableDataset):
             length = min(self.cfg.chunk_size, need, span_size - pos)
             if read < own:
                 length = min(length, own - read)
-            for ca in self._read(seq, cum, span_start + pos, length, stats if read < own else None):
+            for ca in self._read(seq, cum, span_start + pos, length, stats if read < own else None, worker_id):
                 n = min(len(ca.y), need)
                 if n and n == need:  # the worker's last chunk: log the counts now, Lightning never resumes it
                     self._log_dropped(stats, worker_id)
@@ -282,13 +305,14 @@ class JetIterableDataset(IterableDataset):
             yield from drain(final=True)
 
     def _log_dropped(self, stats: dict, worker_id: int) -> None:
-        """The epoch's dropped-jet counts of this worker (its own region: complete once its quota is filled)."""
+        """The epoch's dropped-jet counts of this worker (its own region: complete once its quota is filled); the
+        zero-particle count only at debug level: the task warns once with the sum over workers and ranks."""
         if stats.get("skipped_no_label"):
             log.warning("rank %d worker %d: skipped %d jets with no label flag set (data.skip_unlabelled)",
                         self.rank, worker_id, stats["skipped_no_label"])
         if stats.get("dropped_no_particles"):
-            log.warning("rank %d worker %d: dropped %d jets with zero particles this epoch", self.rank, worker_id,
-                        stats["dropped_no_particles"])
+            log.debug("rank %d worker %d: dropped %d jets with zero particles this epoch", self.rank, worker_id,
+                      stats["dropped_no_particles"])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()

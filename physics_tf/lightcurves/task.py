@@ -15,9 +15,9 @@ the printed table):
   observations up to ``d`` days after its first detection (``aux_first_detection`` of the batch), for every
   ``d`` in ``early_days``: the early-classification curve, also drawn in ``early_classification.png``.
 
-Only the hooks that need it are overridden: ``test_step`` (adds the truncated evaluations), ``on_test_epoch_end``
-(gathers them on every rank — a collective — before the head writes the report), ``summarize_test`` (adds the
-numbers) and ``write_plots`` (adds the plot).
+Only the hooks that need it are overridden: ``test_samples`` (adds the truncated evaluations as the per-sample
+field ``early_probs`` (B, D, K), gathered and counted once per object with the others; validation does not run
+them), ``summarize_test`` (adds the numbers) and ``write_plots`` (adds the plot).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from physics_tf.tasks.classification import ClassificationTask
-from physics_tf.tasks.metrics import PredictionAccumulator, accuracy, balanced_accuracy
+from physics_tf.tasks.metrics import accuracy, balanced_accuracy
 
 __all__ = ["PLASTICC_WEIGHTS", "plasticc_weighted_logloss", "LightCurveClassificationTask"]
 
@@ -100,28 +100,25 @@ class LightCurveClassificationTask(ClassificationTask):
         self.class_codes = class_codes
         self.early_days = early_days
         self.hparams["class_codes"], self.hparams["early_days"] = class_codes, early_days  # plain Python
-        self.early_outputs = nn.ModuleList(PredictionAccumulator("probs", "labels") for _ in self.early_days)
-        self._early_results: list[tuple[np.ndarray, np.ndarray]] = []
+        self.declare_samples("probs", "labels", test_only=("early_probs",) if early_days else ())
 
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = super().test_step(batch, batch_idx)
-        if self.early_days and {"aux_first_detection", "time", "mask"} <= set(batch):
-            y = self._labels(batch)
-            first = batch["aux_first_detection"].to(batch["time"].dtype)[:, None]  # (B, 1)
-            for acc, days in zip(self.early_outputs, self.early_days):
-                truncated = dict(batch)
-                truncated["mask"] = batch["mask"].bool() & (batch["time"] <= first + days)  # (B, L)
-                acc.update(probs=self._logits(truncated).float().softmax(dim=-1), labels=y)
-        return loss
+    EARLY_FIELDS = frozenset({"aux_first_detection", "time", "mask"})
 
-    def on_test_epoch_end(self) -> None:
-        self._early_results = []
-        for acc in self.early_outputs:  # collective: every rank
-            if acc.has_data:
-                out = acc.compute()
-                self._early_results.append((out["probs"].cpu().numpy(), out["labels"].cpu().numpy()))
-            acc.reset()
-        super().on_test_epoch_end()
+    def test_samples(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's samples and ``early_probs`` (B, D, K): the probabilities of each light curve truncated at
+        each of the D ``early_days`` after its first detection."""
+        samples = self.eval_samples(batch)
+        if not self.early_days:
+            return samples
+        if not self.EARLY_FIELDS <= set(batch):
+            raise ValueError(f"batch: the early-classification curve needs the fields {sorted(self.EARLY_FIELDS)} "
+                             f"(have {sorted(batch)}); task.early_days=[] turns it off")
+        first = batch["aux_first_detection"].to(batch["time"].dtype)[:, None]  # (B, 1)
+        early = []
+        for days in self.early_days:
+            truncated = {**batch, "mask": batch["mask"].bool() & (batch["time"] <= first + days)}  # (B, L)
+            early.append(self._logits(truncated).float().softmax(dim=-1))
+        return {**samples, "early_probs": torch.stack(early, dim=1)}
 
     def summarize_test(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """The head's numbers (with ``num_objects``), the PLAsTiCC log-loss, balanced accuracy and the early-
@@ -130,9 +127,11 @@ class LightCurveClassificationTask(ClassificationTask):
         probs, labels = arrays["probs"], arrays["labels"]
         summary["plasticc_logloss"] = plasticc_weighted_logloss(probs, labels, self.class_codes)
         summary["balanced_accuracy"] = balanced_accuracy(probs, labels)
-        for days, (p, y) in zip(self.early_days, self._early_results):
-            summary[f"early_{days:g}d_logloss"] = plasticc_weighted_logloss(p, y, self.class_codes)
-            summary[f"early_{days:g}d_accuracy"] = accuracy(p, y)
+        if "early_probs" in arrays:
+            for j, days in enumerate(self.early_days):
+                p = arrays["early_probs"][:, j]  # (N, K)
+                summary[f"early_{days:g}d_logloss"] = plasticc_weighted_logloss(p, labels, self.class_codes)
+                summary[f"early_{days:g}d_accuracy"] = accuracy(p, labels)
         return summary
 
     def write_plots(self, out_dir: Path, summary: Mapping[str, Any], arrays: dict[str, np.ndarray]) -> list[str]:

@@ -7,12 +7,14 @@ int64: each sample's entry over the split). Every other key is an input of the n
 
 :class:`Task` holds what every task does the same way: AdamW with the weight-decay split
 (:func:`split_weight_decay_params`), a per-step linear warm-up + cosine/linear decay
-(:mod:`physics_tf.tasks.schedulers`) over :func:`estimate_total_steps`, the test stage (per-sample outputs
-gathered from every DDP rank, each sample once by its ``aux_index`` where the batches carry one, a summary,
-``metrics.json`` and ``predictions.npz`` written atomically, plots) and the report hook :meth:`Task.report_tables`
-through which the W&B callback gets an analysis's tables without knowing the analysis. A head
-(:mod:`~physics_tf.tasks.classification`, :mod:`~physics_tf.tasks.regression`) supplies the loss and the test
-numbers; an analysis's task subclasses a head.
+(:mod:`physics_tf.tasks.schedulers`) over :func:`estimate_total_steps`, the validation and test stages (per-sample
+outputs and losses gathered from every DDP rank, each sample once by its ``aux_index`` where the batches carry one
+(:mod:`physics_tf.tasks.samples`); the validation numbers; the test summary, ``metrics.json`` and
+``predictions.npz`` written atomically, plots), the counts of samples a data module left out on purpose, summed
+over ranks every epoch, and the report hook :meth:`Task.report_tables` through which the W&B callback gets an
+analysis's tables without knowing the analysis. A head (:mod:`~physics_tf.tasks.classification`,
+:mod:`~physics_tf.tasks.regression`) supplies the per-sample loss and outputs and the numbers made of them; an
+analysis's task subclasses a head.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from physics_tf.data.atomic import atomic_path
-from physics_tf.tasks.metrics import PredictionAccumulator, sample_counts, unique_samples
+from physics_tf.tasks.metrics import sample_counts
+from physics_tf.tasks.optim import split_weight_decay_params
+from physics_tf.tasks.samples import StageOutputs, batch_loss, epoch_counts, log_epoch_counts, mean_loss
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 from physics_tf.tasks.summary import print_test_summary
 from physics_tf.training.reporting import Table
@@ -108,60 +112,14 @@ def estimate_total_steps(trainer) -> float | None:
     return float(total) if math.isfinite(total) else None
 
 
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.modules.batchnorm._NormBase,  # BatchNorm*d, InstanceNorm*d, SyncBatchNorm
-) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-
-
-def _is_norm(module: nn.Module) -> bool:
-    """Normalisation layer: a torch norm class, or a custom class whose name ends in ``Norm``."""
-    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith("Norm")
-
-
-def split_weight_decay_params(net: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of trainable parameters of ``net`` with and without weight decay.
-
-    No decay for: parameters of normalisation modules, names ending in ``bias``, any
-    parameter with ``ndim <= 1`` (biases, norm scales, learnable scalars) and names listed by
-    ``no_weight_decay()`` of ``net`` or of any submodule (names relative to that module; an
-    exact parameter name, or a module prefix ``"a.b"`` that excludes everything below it).
-    This follows the timm / weaver (ParT) convention (Loshchilov & Hutter, arXiv:1711.05101).
-
-    Returns
-    -------
-    decay, no_decay : list[str]
-        Parameter names relative to ``net``, each in ``net.named_parameters()`` order.
-    """
-    skip: set[str] = set()
-    norm_params: set[str] = set()
-    for mod_name, module in net.named_modules():
-        if callable(getattr(module, "no_weight_decay", None)):  # honoured on submodules too (wrapped ParT)
-            prefix = f"{mod_name}." if mod_name else ""
-            skip.update(prefix + str(n) for n in module.no_weight_decay())
-        if _is_norm(module):
-            for p_name, _ in module.named_parameters(recurse=False):
-                norm_params.add(f"{mod_name}.{p_name}" if mod_name else p_name)
-    decay, no_decay = [], []
-    for name, param in net.named_parameters():
-        if not param.requires_grad:
-            continue
-        listed = any(name == s or name.startswith(s + ".") for s in skip)
-        if listed or name in norm_params or name.endswith("bias") or param.ndim <= 1:
-            no_decay.append(name)
-        else:
-            decay.append(name)
-    return decay, no_decay
-
-
 class Task(L.LightningModule):
-    """What every task shares: optimisation, the test stage's plumbing and the report hook (module docstring).
+    """What every task shares: optimisation, the validation and test stages' plumbing and the report hook (module
+    docstring).
 
-    A subclass sets ``test_outputs`` (a :class:`PredictionAccumulator` of the fields :meth:`test_samples`
-    returns), implements the training / validation steps, :meth:`test_samples` and :meth:`summarize_test`, and may
-    override :meth:`test_log_values`, :meth:`prediction_arrays`, :meth:`write_plots` and :meth:`report_tables`.
+    A subclass names its per-sample fields with :meth:`declare_samples`, implements the training step,
+    :meth:`eval_samples`, :meth:`validation_values` and :meth:`summarize_test`, and may override
+    :meth:`test_samples`, :meth:`test_log_values`, :meth:`prediction_arrays`, :meth:`write_plots` and
+    :meth:`report_tables`.
 
     Parameters
     ----------
@@ -190,7 +148,8 @@ class Task(L.LightningModule):
     """
 
     COUNT_KEY = "num_samples"  # the summary's sample count; an analysis names its own (num_jets, num_events, ...)
-    test_outputs: PredictionAccumulator
+    val_outputs: StageOutputs
+    test_outputs: StageOutputs
 
     def __init__(
         self,
@@ -232,7 +191,6 @@ class Task(L.LightningModule):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.test_summary: dict[str, Any] | None = None
         self.test_arrays: dict[str, np.ndarray] | None = None
-        self.test_index = PredictionAccumulator("index")  # batches' aux_index (B,): sample identity over the split
 
     @staticmethod
     def _net_config(net: nn.Module) -> dict[str, Any] | None:
@@ -247,10 +205,28 @@ class Task(L.LightningModule):
         """The net's output; ``inputs`` are its keyword arguments (jets: ``x``, ``v``, ``mask``)."""
         return self.net(**inputs)
 
-    # ------------------------------------------------------------------ test stage
-    def test_samples(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of a test batch and its per-sample tensors, keyed by the fields of ``test_outputs``."""
-        raise NotImplementedError(f"{type(self).__name__} does not define its test samples")
+    # ------------------------------------------------------------------ validation and test stages
+    def declare_samples(self, *fields: str, test_only: Sequence[str] = ()) -> None:
+        """The per-sample fields :meth:`eval_samples` returns besides ``loss`` (validation and test), and those
+        only :meth:`test_samples` adds."""
+        self.val_outputs = StageOutputs("loss", *fields)
+        self.test_outputs = StageOutputs("loss", *fields, *test_only)
+
+    def eval_samples(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-sample tensors of an evaluation batch: ``loss`` (B,), ``weight`` (B,) when the loss is a weighted
+        mean, and the head's fields (:meth:`declare_samples`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its evaluation samples")
+
+    def validation_samples(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.eval_samples(batch)
+
+    def test_samples(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.eval_samples(batch)
+
+    def validation_values(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """What validation logs as ``val/<key>``, from the gathered per-sample arrays (each sample once): here
+        ``loss``."""
+        return {"loss": mean_loss(arrays)}
 
     def summarize_test(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """The test numbers (``metrics.json``) from the per-sample arrays of all ranks."""
@@ -273,36 +249,59 @@ class Task(L.LightningModule):
         as ``tables/<name>``), beyond those it finds in ``metrics.json`` itself. None here."""
         return {}
 
+    def _epoch_counts(self, split: str) -> dict[str, int]:
+        """The data module's counts of the split's epoch summed over ranks (collective), warned about once."""
+        counts = epoch_counts(self.trainer, self.device, split)
+        log_epoch_counts(self.trainer, split, counts, getattr(self.trainer.datamodule, "COUNT_NOTES", None))
+        return counts
+
+    def on_train_epoch_end(self) -> None:
+        for key, value in self._epoch_counts("train").items():
+            self.log(f"train/{key}", float(value), sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_outputs.reset()
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        samples = self.validation_samples(batch)
+        self.val_outputs.update(samples, batch.get("aux_index"))
+        return batch_loss(samples)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_outputs.has_data:
+            arrays, _ = self.val_outputs.gather()  # every rank's samples, each once; collective
+            self.val_outputs.reset()
+            for key, value in self.validation_values(arrays).items():  # the same on every rank
+                self.log(f"val/{key}", value, prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking:  # a sanity check reads a few batches only
+            for key, value in self._epoch_counts("val").items():
+                self.log(f"val/{key}", float(value), sync_dist=True)
+
     def on_test_epoch_start(self) -> None:
         self.test_outputs.reset()
-        self.test_index.reset()
         self.test_summary, self.test_arrays = None, None
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, samples = self.test_samples(batch)
-        size = next(iter(samples.values())).shape[0]
-        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
-        self.test_outputs.update(**samples)
-        if "aux_index" in batch:
-            self.test_index.update(index=batch["aux_index"])
-        return loss
+        samples = self.test_samples(batch)
+        self.test_outputs.update(samples, batch.get("aux_index"))
+        return batch_loss(samples)
 
     def on_test_epoch_end(self) -> None:
         if not self.test_outputs.has_data:
             raise ValueError(f"{type(self).__name__}: the test stage saw no samples (is the test split empty?)")
-        gathered = self.test_outputs.compute()  # all ranks' samples; collective, so every rank calls it
-        index = self.test_index.compute()["index"] if self.test_index.has_data else None  # collective too
+        arrays, rows = self.test_outputs.gather()  # every rank's samples, each once; collective
         self.test_outputs.reset()
+        counts = self._epoch_counts("test")  # collective too
+        self.log("test/loss", mean_loss(arrays), sync_dist=True)
         if not self.trainer.is_global_zero:
             return
-        arrays = {key: value.cpu().numpy() for key, value in gathered.items()}
         counted: dict[str, int] = {}
-        if index is not None:  # DDP padding and re-reads repeat samples: each counts once
-            arrays = unique_samples(arrays, index.cpu().numpy())
+        if "index" in arrays:  # DDP padding and re-reads repeat samples: each counted once, checked against the split
             dm, lim = getattr(self.trainer, "datamodule", None), self.trainer.limit_test_batches  # int: a part
-            counted = sample_counts(arrays["index"], dm.split_counts("test") if hasattr(dm, "split_counts") else {},
-                                    rows=len(index), complete=not isinstance(lim, int) and lim >= 1.0)
-        summary = {**self.summarize_test(arrays), **counted}
+            split = dm.split_counts("test") if hasattr(dm, "split_counts") else {}
+            counted = sample_counts(arrays["index"], {**split, **counts}, rows=rows,
+                                    complete=not isinstance(lim, int) and lim >= 1.0)
+        summary = {**self.summarize_test(arrays), **counts, **counted}
         self.test_summary, self.test_arrays = summary, arrays
         for key, value in self.test_log_values(summary).items():
             self.log(f"test/{key}", value, rank_zero_only=True)

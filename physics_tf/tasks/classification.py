@@ -4,8 +4,9 @@ The network is any ``nn.Module`` returning logits ``(B, K)`` from the batch's in
 :mod:`physics_tf.tasks.base`); the targets ``y (B,)`` are class indices. Optimisation, output directory and the
 test-stage plumbing come from :class:`~physics_tf.tasks.base.Task`.
 
-Validation logs ``val/loss``, ``val/acc`` and ``val/auc`` (torchmetrics, synchronised across DDP ranks). The test
-stage gathers the softmax probabilities of every rank; global rank 0 logs and writes the summary of
+Validation logs ``val/loss``, ``val/acc`` and ``val/auc`` (:func:`physics_tf.tasks.metrics.classification_scores`)
+of the samples of every rank, each counted once (:mod:`physics_tf.tasks.samples`). The test stage gathers the
+softmax probabilities of every rank the same way; global rank 0 logs and writes the summary of
 :func:`physics_tf.tasks.metrics.classification_summary` (``accuracy``, ``auc_macro``, sample count) to
 ``metrics.json``, ``predictions.npz`` (``probs``, ``labels``, ``class_names``), ``roc.png`` (one-vs-rest ROC per
 class) and ``confusion.png``. An analysis adds its own numbers by subclassing (jets: background rejection).
@@ -23,12 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physics_tf.tasks.base import Task, model_inputs
-from physics_tf.tasks.metrics import (
-    ClassificationMetrics,
-    PredictionAccumulator,
-    classification_summary,
-    per_class_table,
-)
+from physics_tf.tasks.metrics import classification_scores, classification_summary, per_class_table
 from physics_tf.training.reporting import Table
 
 __all__ = ["ClassificationTask"]
@@ -57,8 +53,7 @@ class ClassificationTask(Task):
         self.hparams["class_names"] = class_names  # as converted here (a subclass passes them on as given)
         self.class_names = class_names
         self.num_classes = len(class_names)
-        self.val_metrics = ClassificationMetrics(self.num_classes)
-        self.test_outputs = PredictionAccumulator("probs", "labels")
+        self.declare_samples("probs", "labels")
 
     # ------------------------------------------------------------------ plumbing
     def _logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -79,8 +74,8 @@ class ClassificationTask(Task):
             raise ValueError(f"batch: missing field 'y' (have {sorted(batch)})")
         return batch["y"].long()  # (B,)
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing, reduction=reduction)
 
     # ------------------------------------------------------------------ train / val
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -93,28 +88,15 @@ class ClassificationTask(Task):
         self.log("train/acc", acc, on_step=True, on_epoch=False, batch_size=bs)
         return loss
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    # ------------------------------------------------------------------ validation / test
+    def eval_samples(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self._logits(batch)  # (B, K)
         y = self._labels(batch)  # (B,)
-        loss = self._loss(logits, y)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=y.shape[0])
-        self.val_metrics.update(logits.float().softmax(dim=-1), y)
-        return loss
+        return {"loss": self._loss(logits, y, reduction="none"), "probs": logits.float().softmax(dim=-1), "labels": y}
 
-    def on_validation_epoch_end(self) -> None:
-        if not self.val_metrics.has_data:
-            return
-        values = self.val_metrics.compute()  # torchmetrics all-gathers across ranks
-        self.val_metrics.reset()
-        # values are identical on every rank; sync_dist only silences Lightning's DDP warning
-        self.log("val/acc", values["acc"], prog_bar=True, sync_dist=True)
-        self.log("val/auc", values["auc"], prog_bar=True, sync_dist=True)
-
-    # ------------------------------------------------------------------ test
-    def test_samples(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self._logits(batch)  # (B, K)
-        y = self._labels(batch)  # (B,)
-        return self._loss(logits, y), {"probs": logits.float().softmax(dim=-1), "labels": y}
+    def validation_values(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """``loss``, ``acc`` and ``auc`` of the validation samples."""
+        return {**super().validation_values(arrays), **classification_scores(arrays["probs"], arrays["labels"])}
 
     def summarize_test(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return classification_summary(arrays["probs"], arrays["labels"], self.COUNT_KEY)

@@ -14,9 +14,11 @@ Conventions, for probabilities ``probs (N, K)`` and integer labels ``labels (N,)
 
 Ratios are taken in float64 from integer counts, so a summary does not depend on torch's float32 division.
 
+Validation's ``acc`` / ``auc`` are :func:`classification_scores`: torchmetrics' accuracy and AUROC (a class without
+samples counts as AUC 0 there, where ``auc_macro`` leaves it out).
+
 DDP: :class:`PredictionAccumulator` keeps per-sample tensors in ``dist_reduce_fx="cat"`` states so that
-``compute()`` returns the samples of *all* ranks; :class:`ClassificationMetrics` wraps torchmetrics accuracy/AUROC,
-which sync themselves.
+``compute()`` returns the samples of *all* ranks; :func:`unique_samples` then keeps each sample once.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
-from torchmetrics.functional.classification import binary_auroc, multiclass_auroc, multiclass_confusion_matrix
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_confusion_matrix,
+)
 from torchmetrics.utilities import dim_zero_cat
 
 from physics_tf.data.errors import DataError
@@ -42,6 +49,7 @@ __all__ = [
     "auc_macro",
     "balanced_accuracy",
     "check_probs_labels",
+    "classification_scores",
     "classification_summary",
     "confusion_matrix",
     "per_class_auc",
@@ -286,40 +294,41 @@ def sample_counts(index: np.ndarray, counts: dict[str, int], split: str = "test"
     return extra
 
 
-class ClassificationMetrics(torch.nn.Module):
-    """Streaming accuracy + macro AUC for validation, DDP-synchronised by torchmetrics.
+def classification_scores(probs, labels) -> dict[str, float]:
+    """Validation's ``acc`` and ``auc`` of ``probs (N, K)`` / ``labels (N,)``, as torchmetrics defines them: for 2
+    classes binary accuracy (threshold 0.5 on ``p_1``, the arg-max) and binary AUROC of ``p_1``; otherwise micro
+    accuracy and macro one-vs-rest AUROC (exact; a class without samples counts as 0)."""
+    p = torch.as_tensor(probs).float()  # (N, K)
+    y = torch.as_tensor(labels).long()  # (N,)
+    k = p.shape[1]
+    if k == 2:
+        return {"acc": float(binary_accuracy(p[:, 1], y)), "auc": float(binary_auroc(p[:, 1], y))}
+    return {"acc": float(multiclass_accuracy(p, y, num_classes=k, average="micro")),
+            "auc": float(multiclass_auroc(p, y, num_classes=k, average="macro"))}
 
-    ``update(probs (B, K), labels (B,))``; ``compute() -> {"acc": tensor, "auc": tensor}``;
-    ``reset()``.  For 2 classes uses ``BinaryAccuracy``/``BinaryAUROC`` on ``p_1`` (threshold
-    0.5 on ``p_1`` equals the arg-max); otherwise ``MulticlassAccuracy(average="micro")`` and
-    ``MulticlassAUROC(average="macro")``.  AUROC keeps all scores (exact, ``thresholds=None``).
-    """
+
+class ClassificationMetrics(torch.nn.Module):
+    """Streaming :func:`classification_scores`: ``update(probs (B, K), labels (B,))`` per batch, ``compute() ->
+    {"acc": tensor, "auc": tensor}`` over the samples of every rank (a collective), ``reset()``. (The tasks'
+    validation gathers its samples with their ``aux_index`` instead, to count each once.)"""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes: need at least 2, got {num_classes}")
         self.num_classes = num_classes
-        self.binary = num_classes == 2
-        if self.binary:
-            self.acc = BinaryAccuracy()
-            self.auc = BinaryAUROC()
-        else:
-            self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-            self.auc = MulticlassAUROC(num_classes=num_classes, average="macro")
+        self.samples = PredictionAccumulator("probs", "labels")
 
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:  # probs (B, K), labels (B,)
-        preds = probs[:, 1] if self.binary else probs  # (B,) or (B, K)
-        self.acc.update(preds, labels)
-        self.auc.update(preds, labels)
+        self.samples.update(probs=probs, labels=labels)
 
     @property
     def has_data(self) -> bool:
-        return self.acc.update_count > 0
+        return self.samples.has_data
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"acc": self.acc.compute(), "auc": self.auc.compute()}
+        out = self.samples.compute()
+        return {k: torch.tensor(v) for k, v in classification_scores(out["probs"].cpu(), out["labels"].cpu()).items()}
 
     def reset(self) -> None:
-        self.acc.reset()
-        self.auc.reset()
+        self.samples.reset()

@@ -11,11 +11,12 @@ With a per-example ``weight`` in the batch the loss is the weighted mean. Optimi
 test-stage plumbing come from :class:`~physics_tf.tasks.base.Task`.
 
 An analysis may give the network outputs besides the targets (``num_extra_outputs``, after the regression ones)
-and train them with a loss of its own: it overrides :meth:`RegressionTask.extra_loss`, and adds monitoring
-through :meth:`RegressionTask.on_validation_outputs` and :meth:`RegressionTask.extra_test_samples` (Auger: the
-primary's logits).
+and train them with a loss of its own: it overrides :meth:`RegressionTask.extra_loss`, and adds per-sample fields
+through :meth:`RegressionTask.extra_eval_samples` and numbers through ``validation_values`` / ``summarize_test``
+(Auger: the primary's logits).
 
-The test stage gathers the predictions of all ranks in physical units (mean + std · output); rank 0 writes
+Validation logs ``val/loss``, the (weighted) mean loss of the samples of every rank, each counted once. The test
+stage gathers the predictions of all ranks in physical units (mean + std · output) the same way; rank 0 writes
 :func:`regression_summary` (per target: bias, resolution = std of the residual, rms, spread of the truth) to
 ``metrics.json``, ``predictions.npz`` (``pred_<target>``, ``true_<target>``) and ``residuals_<target>.png``.
 """
@@ -32,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from physics_tf.tasks.base import Task, model_inputs
-from physics_tf.tasks.metrics import PredictionAccumulator
 
 __all__ = ["LOSSES", "RegressionTask", "regression_summary", "residual_stats"]
 
@@ -96,7 +96,7 @@ class RegressionTask(Task):
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights), persistent=False)
         self.num_reg = k * (2 if loss == "gaussian" else 1)
         self.num_extra_outputs = 0
-        self.test_outputs = PredictionAccumulator("pred", "true")
+        self.declare_samples("weight", "pred", "true")
 
     # ------------------------------------------------------------------ core
     @property
@@ -121,6 +121,14 @@ class RegressionTask(Task):
 
     def _loss(self, mu: torch.Tensor, logvar: torch.Tensor | None, extra: torch.Tensor | None,
               batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        per, w = self._sample_losses(mu, logvar, extra, batch)
+        if w is not None:
+            return (per * w).sum() / w.sum().clamp_min(1e-12)
+        return per.mean()
+
+    def _sample_losses(self, mu: torch.Tensor, logvar: torch.Tensor | None, extra: torch.Tensor | None,
+                       batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-example loss ``(B,)`` and the batch's ``weight`` (B,) or None (the loss is their weighted mean)."""
         y = batch["y"].float().view(mu.shape)
         if self.hparams.loss == "mse":
             per = (mu - y) ** 2
@@ -133,9 +141,7 @@ class RegressionTask(Task):
         if extra is not None:
             per = per + self.extra_loss(extra, batch)
         w = batch.get("weight")
-        if w is not None:
-            return (per * w).sum() / w.sum().clamp_min(1e-12)
-        return per.mean()
+        return per, (None if w is None else w.float().view(per.shape))
 
     def extra_loss(self, extra: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Per-example loss ``(B,)`` of the extra outputs ``(B, E)``, added to the regression loss."""
@@ -151,28 +157,19 @@ class RegressionTask(Task):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=mu.shape[0])
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def eval_samples(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``loss``, ``weight`` (1 without a batch ``weight``), ``pred`` and ``true`` (B, K) in physical units, and
+        :meth:`extra_eval_samples`."""
         mu, lv, extra = self._outputs(batch)
-        loss = self._loss(mu, lv, extra, batch)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=mu.shape[0])
-        self.on_validation_outputs(mu, extra, batch)
-        return loss
+        per, w = self._sample_losses(mu, lv, extra, batch)
+        samples = {"loss": per.detach(), "weight": torch.ones_like(per) if w is None else w.detach(),
+                   "pred": self.physical(mu).detach(), "true": self.physical(batch["y"].float().view(mu.shape))}
+        return {**samples, **self.extra_eval_samples(extra, batch)}
 
-    def on_validation_outputs(self, mu: torch.Tensor, extra: torch.Tensor | None,
-                              batch: Mapping[str, torch.Tensor]) -> None:
-        """Monitoring beyond ``val/loss`` from a validation batch's outputs (standardised means ``mu``, extra
-        outputs); nothing here."""
-
-    def test_samples(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mu, lv, extra = self._outputs(batch)
-        loss = self._loss(mu, lv, extra, batch)
-        samples = {"pred": self.physical(mu).detach(), "true": self.physical(batch["y"].float()).detach()}
-        return loss, {**samples, **self.extra_test_samples(extra, batch)}
-
-    def extra_test_samples(self, extra: torch.Tensor | None, batch: Mapping[str, torch.Tensor]
+    def extra_eval_samples(self, extra: torch.Tensor | None, batch: Mapping[str, torch.Tensor]
                            ) -> dict[str, torch.Tensor]:
-        """Per-sample tensors gathered at test time besides ``pred`` and ``true`` (fields of ``test_outputs``);
-        none here."""
+        """Per-sample tensors gathered in validation and test besides those of :meth:`eval_samples` (fields named
+        with :meth:`declare_samples`); none here."""
         return {}
 
     # ------------------------------------------------------------------ test report
