@@ -134,25 +134,3 @@ def test_unknown_class_code_names_the_metadata_csv(tmp_path):
         dm.setup("test")
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'meta.csv'}: field 'target': ") and "cached in" in message, message
-
-
-@pytest.mark.parametrize("train", [True, False])
-def test_dropped_empty_jets_are_reported_within_the_epoch(train, tmp_path, caplog):
-    """Lightning stops at len(dataset) batches and never runs a worker's iterator to its end: the count of jets
-    dropped for having no particles is logged with the worker's last chunk, not after it."""
-    import itertools
-    import logging
-
-    from conftest import synth_jetclass
-    from physics_tf.jets.dataset import JetIterableDataset
-    from physics_tf.jets.features import JetDataConfig
-    from physics_tf.jets.writers import write_jetclass_root
-
-    p, j, lab = synth_jetclass(64, seed=1, min_particles=0, max_particles=4)
-    f = write_jetclass_root(tmp_path / "j.root", p, j, lab)
-    cfg = JetDataConfig(files={}, labels=["label_QCD", "label_Tbqq"], features="kin", pad_length=8)
-    ds = JetIterableDataset(cfg, [str(f)], 8, train=train, shuffle_buffer=16)
-    with caplog.at_level(logging.WARNING, logger="physics_tf"):
-        batches = list(itertools.islice(iter(ds), len(ds)))
-    assert len(batches) == len(ds)
-    assert any("jets with zero particles this epoch" in r.getMessage() for r in caplog.records), caplog.text
