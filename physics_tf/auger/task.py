@@ -180,7 +180,7 @@ class AugerRegressionTask(core.RegressionTask):
     def write_plots(self, out_dir: Path, summary: Mapping[str, Any], arrays: dict[str, np.ndarray]) -> list[str]:
         """``confusion.png`` (with the classifier), then per target ``resolution.png`` and ``residuals.png``
         (``resolution_<target>.png`` … for targets other than X_max)."""
-        from physics_tf.auger.plots import plot_resolution  # matplotlib only when needed
+        from physics_tf.auger.plots import plot_resolution, quantity_label, quantity_unit  # matplotlib when needed
         from physics_tf.tasks.plots import plot_confusion_matrix, plot_residuals
 
         out_dir = Path(out_dir)
@@ -194,8 +194,8 @@ class AugerRegressionTask(core.RegressionTask):
             suffix = "" if name == "xmax" else f"_{name}"
             plot_resolution(summary[name]["vs_lg_energy"], pred[name] - true[name], lge, prim, self.primaries, name,
                             out_dir / f"resolution{suffix}.png")
-            plot_residuals(pred[name], true[name], name, out_dir / f"residuals{suffix}.png", groups=prim,
-                           group_names=self.primaries)
+            plot_residuals(pred[name], true[name], quantity_label(name), out_dir / f"residuals{suffix}.png",
+                           groups=prim, group_names=self.primaries, unit=quantity_unit(name))
             written += [f"resolution{suffix}.png", f"residuals{suffix}.png"]
         return written
 

@@ -339,8 +339,12 @@ class Task(L.LightningModule):
         return ["metrics.json", *plots, "predictions.npz"]
 
     def print_summary(self, summary: Mapping[str, Any], out_dir: Path, written: Sequence[str]) -> None:
-        """The logged test numbers as a table on the console, and where the files went."""
-        print_test_summary(self.test_log_values(summary), self.COUNT_KEY, out_dir, written)
+        """The logged test numbers as a table on the console (the sample count first when the analysis does not
+        log it, so every analysis' table shows it), and where the files went."""
+        values = self.test_log_values(summary)
+        if self.COUNT_KEY in summary and self.COUNT_KEY not in values:
+            values = {self.COUNT_KEY: summary[self.COUNT_KEY], **values}
+        print_test_summary(values, self.COUNT_KEY, out_dir, written)
 
     # ------------------------------------------------------------------ optimisation
     def _total_steps(self) -> float | None:
