@@ -21,6 +21,7 @@ import io
 import json
 import re
 import shutil
+import textwrap
 import sys
 from pathlib import Path
 
@@ -63,8 +64,9 @@ def section_demo() -> str:
                      f"install when these figures were taken ({_minutes(timing['generate_s'])} to generate "
                      f"{demo['generated_jets']:,} jets, {_minutes(timing['train_s'])} to train the small ParT — "
                      f"`model=part_small`, {demo['epochs']} epochs over {demo['train_jets']:,} jets — and test it "
-                     f"on {demo['metrics']['num_jets']:,} held-out jets; load average {timing['load']:.1f}). "
+                     f"on {int(demo['metrics']['num_jets']):,} held-out jets; load average {timing['load']:.1f}). "
                      "It ends with")
+    lines = textwrap.wrap(" ".join(lines), 115) if lines else []
     lines += ["", "```", demo_table(demo["metrics"]), "```"]
     return "\n".join(lines)
 
@@ -88,9 +90,9 @@ def section_part_vs_weaver() -> str:
         lines.append(f"| {what}, physics_tf / weaver-core | " + " | ".join(cells) + " |")
     loads = ", ".join(f"run {chr(65 + i)}: {r['load']:.1f}" if "load" in r else f"run {chr(65 + i)}: not recorded"
                       for i, r in enumerate(runs))
-    lines += ["", f"Batch {runs[0]['batch']}, {runs[0]['params']:,} parameters on both sides, "
+    lines += [""] + textwrap.wrap(f"Batch {runs[0]['batch']}, {runs[0]['params']:,} parameters on both sides, "
               f"{runs[0]['rows'][0]['repeats']} repeats each, medians; same weights give logits equal to "
-              f"{max(r['max_logit_diff_same_weights'] for r in runs):.1e}. Load average on the 2 cores: {loads}."]
+              f"{max(r['max_logit_diff_same_weights'] for r in runs):.1e}. Load average on the 2 cores: {loads}.", 115)
     return "\n".join(lines)
 
 
@@ -116,7 +118,7 @@ def section_pictures() -> str:
 
 
 SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures}
-BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(\n<!-- end generated: \2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(?:(.*?)\n)?(<!-- end generated: \2 -->)", re.S)
 
 
 def render(text: str) -> str:
@@ -124,13 +126,13 @@ def render(text: str) -> str:
         name = m.group(2)
         if name not in SECTIONS:
             raise SystemExit(f"readme_figures: README.md has an unknown generated section {name!r}")
-        return m.group(1) + SECTIONS[name]() + m.group(4)
+        return m.group(1) + SECTIONS[name]() + "\n" + m.group(4)
 
     return BLOCK.sub(one, text)
 
 
 def sections(text: str) -> dict[str, str]:
-    return {m.group(2): m.group(3) for m in BLOCK.finditer(text)}
+    return {m.group(2): m.group(3) or "" for m in BLOCK.finditer(text)}
 
 
 def collect(a: argparse.Namespace) -> None:

@@ -319,13 +319,13 @@ class Task(L.LightningModule):
                            ) -> list[str]:
         """``metrics.json``, ``predictions.npz`` (atomically) and the plots; returns the file names written.
 
-        A flat summary (classification) is written with sorted keys, so two runs' files diff line by line; a
-        nested one (regression) keeps its order, which reads by meaning (per primary: p, He, N, Fe). ``inf`` and
-        ``nan`` become ``Infinity`` / ``NaN`` (Python's ``json`` reads them back).
+        The keys keep the summary's order, which reads by meaning (rej50 before rej30; per primary p, He, N, Fe) and
+        is the order of the console table, so the README's table can be rendered from the file; it is the same for
+        every run of a task, so two runs' files diff line by line. ``inf`` and ``nan`` become ``Infinity`` /
+        ``NaN`` (Python's ``json`` reads them back).
         """
         out_dir = Path(out_dir)
-        flat = not any(isinstance(v, Mapping) for v in summary.values())
-        text = json.dumps(summary, indent=2, sort_keys=flat) + "\n"
+        text = json.dumps(summary, indent=2) + "\n"
         with atomic_path(out_dir / "metrics.json") as tmp, open(tmp, "wb") as fh:
             fh.write(text.encode())
         predictions = self.prediction_arrays(arrays) | ({"index": arrays["index"]} if "index" in arrays else {})
