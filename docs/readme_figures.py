@@ -105,16 +105,22 @@ def section_pictures() -> str:
         a = _load("auger.json")
         res = a["metrics"]["xmax"]["resolution"]
         parts.append(f"![Auger X_max resolution against energy](docs/figures/auger_resolution.png)\n\n*X_max bias and "
-                     f"resolution against lg(E/eV) per primary: `{a['command']}` ({a['metrics']['num_events']:,} "
-                     f"test events; σ(X_max) = {res:.1f} g/cm² overall).*")
+                     f"resolution against lg(E/eV) per primary, Auger transformer "
+                     f"({int(a['metrics']['num_events']):,} test events; σ(X_max) = {res:.1f} g/cm² overall), made "
+                     f"by:*\n\n```\n{_lines(a['command'])}\n```")
     if (FIGURES / "lightcurves.json").is_file():
         lc = _load("lightcurves.json")
         m = lc["metrics"]
         parts.append(f"![Light-curve confusion matrix](docs/figures/lightcurves_confusion.png)\n\n*Normalised "
-                     f"confusion matrix of the light-curve transformer: `{lc['command']}` ({m['num_objects']:,} test "
-                     f"objects; accuracy {m['accuracy']:.3f}, PLAsTiCC weighted log-loss "
-                     f"{m['plasticc_logloss']:.3f}).*")
+                     f"confusion matrix of the light-curve transformer ({int(m['num_objects']):,} test objects; "
+                     f"accuracy {m['accuracy']:.3f}, PLAsTiCC weighted log-loss {m['plasticc_logloss']:.3f}), made "
+                     f"by:*\n\n```\n{_lines(lc['command'])}\n```")
     return "\n\n".join(parts)
+
+
+def _lines(command: str) -> str:
+    """``a && b`` as two lines."""
+    return "\n".join(part.strip() for part in command.split("&&"))
 
 
 SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures}
