@@ -105,7 +105,7 @@ def _wing(args: list[str]) -> str | None:
     for a in args:
         if m := re.match(r"(?:experiment|data)=(\w+?)_", a):
             return {"jets": "jets", "lightcurves": "lightcurves", "auger": "auger"}.get(m.group(1))
-    return "jets" if any(a.startswith("experiment=jets") for a in args) else None
+    return None
 
 
 def tiny_overrides(name: str, args: list[str]) -> list[str]:

@@ -22,7 +22,6 @@ from physics_tf.config import config_dir
 from physics_tf.training.best_checkpoint import BestCheckpoint
 from physics_tf.training.callbacks import CONFIG_KEY
 from physics_tf.training.checkpoints import resolve_ckpt_path
-from physics_tf.training.resolvers import CONFIG_KEY as RESOLVERS_CONFIG_KEY
 from physics_tf.training.run import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +148,6 @@ def test_evaluate_and_export_run_dirs_are_named_after_the_checkpoints_experiment
         cfg = _compose(program, [f"ckpt_path={tmp_path}/absent.ckpt", f"paths.log_dir={tmp_path}"])
         assert OmegaConf.select(cfg, "hydra.run.dir").startswith(f"{tmp_path}/{program}/{program}/")
         assert _compose(program, []).experiment_name == program
-    assert RESOLVERS_CONFIG_KEY == CONFIG_KEY
 
 
 def test_logs_and_data_under_the_current_directory_or_physics_tf_home(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from physics_tf.training.reporting import metrics_tables, scalar_metrics
+from physics_tf.training.resolvers import CONFIG_KEY  # defined once, in the light module
 
 log = logging.getLogger("physics_tf")
 
@@ -102,9 +103,6 @@ class WandbTestReport(L.Callback):
                 run.log(media)
             run.summary.update(summary)
         log.info("W&B: %d plots/tables and %d summary values logged from %s", len(media), len(summary), out_dir)
-
-
-CONFIG_KEY = "physics_tf_config"
 
 
 RNG_KEY = "physics_tf_rng"

@@ -31,6 +31,7 @@ from typing import Any
 
 from physics_tf.training.compare_tables import LAYOUT_RULE, print_rich, to_csv, to_markdown
 from physics_tf.training.reporting import flatten, scalar_metrics
+from physics_tf.training.resolvers import peek_checkpoint
 
 __all__ = ["Run", "CompareError", "find_run_dirs", "load_local_run", "load_wandb_runs", "comparison", "main",
            "to_csv", "to_markdown"]
@@ -138,10 +139,8 @@ def _best_from_checkpoint(run_dir: Path) -> dict[str, float]:
     if not found:
         return {}
     path = max(found, key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime))
-    import torch
-
     try:
-        states = dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["callbacks"])
+        states = dict(peek_checkpoint(path)["callbacks"])
     except Exception as err:  # noqa: BLE001 - truncated, not a zip checkpoint, no callbacks: no best score
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"physics_tf: warning: {path}: cannot read the best scores ({first})", file=sys.stderr)
