@@ -177,5 +177,21 @@ evaluate = hydra_entry("evaluate", _evaluate)
 generate = hydra_entry("generate", _generate)
 export = hydra_entry("export", _export)
 
+
+def _predict(cfg: DictConfig) -> None:
+    from physics_tf.training.predict import run_predict
+
+    run_predict(cfg)
+
+
+def _explain(cfg: DictConfig) -> None:
+    from physics_tf.training.explain import run_explain
+
+    run_explain(cfg)
+
+
+predict = hydra_entry("predict", _predict)
+explain = hydra_entry("explain", _explain)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(train())
