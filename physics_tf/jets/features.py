@@ -8,8 +8,8 @@ where ``expr`` is an expression (:mod:`physics_tf.jets.expressions`) over file b
 particle, ``jet_*`` per jet; jet-level values broadcast against the particles) and over earlier ``variables``.
 
 The published Particle Transformer feature sets (Qu, Li, Qian 2022, arXiv:2202.03772; standardisation in
-``/work/shared/PHYSICS.md``) are available as :data:`FEATURE_SETS` (``kin`` 7, ``kinpid`` 13, ``full`` 17)
-and written out in ``conf/data/jetclass.yaml``.
+``/work/shared/PHYSICS.md``) are available as :data:`FEATURE_SETS` (``kin`` 7, ``kinpid`` 13, ``full`` 17;
+defined in :mod:`physics_tf.jets.schema`) and written out in ``conf/data/jetclass.yaml``.
 
 :func:`chunk_to_arrays` applies a :class:`JetDataConfig` (label choice, selection, features) to one chunk a
 reader (:mod:`physics_tf.jets.readers`) yielded and pads it to ``pad_length``. Every failure is a one-line
@@ -19,15 +19,15 @@ reader (:mod:`physics_tf.jets.readers`) yielded and pads it to ``pad_length``. E
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import awkward as ak
 import numpy as np
 
 from physics_tf.data.errors import ConfigError, InvalidValueError, MissingFieldError, UnknownLabelError
-from physics_tf.jets.expressions import Expression, FeatureSpec
-from physics_tf.jets.schema import JETCLASS_LABELS, TOPTAGGING_LABELS
+from physics_tf.jets.expressions import Expression, FeatureSpec, LabelSpec
+from physics_tf.jets.schema import FEATURE_SETS, JETCLASS_LABELS, TOPTAGGING_BRANCHES, TOPTAGGING_LABELS
 
 __all__ = [
     "FORMATS",
@@ -43,30 +43,33 @@ FORMATS = {"jetclass_root": JETCLASS_LABELS, "toptagging_h5": TOPTAGGING_LABELS}
 #: intermediate per-particle variables available to every feature expression (weaver's ``new_variables``).
 DEFAULT_VARIABLES: dict[str, str] = {"part_pt": "hypot(part_px, part_py)"}
 
-_KIN: dict[str, dict] = {
-    "part_pt_log": {"expr": "log(part_pt)", "subtract": 1.7, "multiply": 0.7},
-    "part_e_log": {"expr": "log(part_energy)", "subtract": 2.0, "multiply": 0.7},
-    "part_logptrel": {"expr": "log(part_pt / jet_pt)", "subtract": -4.7, "multiply": 0.7},
-    "part_logerel": {"expr": "log(part_energy / jet_energy)", "subtract": -4.7, "multiply": 0.7},
-    "part_deltaR": {"expr": "hypot(part_deta, part_dphi)", "subtract": 0.2, "multiply": 4.0},
-    "part_deta": {"expr": "part_deta"},
-    "part_dphi": {"expr": "part_dphi"},
-}
-_PID: dict[str, dict] = {name: {"expr": name} for name in (
-    "part_charge", "part_isChargedHadron", "part_isNeutralHadron", "part_isPhoton", "part_isElectron",
-    "part_isMuon")}
-_TRACK: dict[str, dict] = {
-    "part_d0": {"expr": "tanh(part_d0val)"},
-    "part_d0err": {"expr": "part_d0err", "clip": [0.0, 1.0]},
-    "part_dz": {"expr": "tanh(part_dzval)"},
-    "part_dzerr": {"expr": "part_dzerr", "clip": [0.0, 1.0]},
-}
-#: published ParT input feature sets (Qu, Li, Qian 2022): name -> YAML-style feature mapping.
-FEATURE_SETS: dict[str, dict[str, dict]] = {
-    "kin": dict(_KIN),
-    "kinpid": {**_KIN, **_PID},
-    "full": {**_KIN, **_PID, **_TRACK},
-}
+def _feature_mapping(feats: Any) -> Mapping[str, Any]:
+    """``data.features`` as an ordered name -> spec mapping: a published set's name, a mapping, or a list whose items
+    are a name (a feature of the published sets, with its standardisation, else a branch / variable used as is) or a
+    one-entry mapping ``{name: spec}`` (a command-line override replaces a list in one go; a mapping it merges)."""
+    if isinstance(feats, str):
+        if feats not in FEATURE_SETS:
+            raise ConfigError("<config>", f"unknown feature set {feats!r} (choose from {sorted(FEATURE_SETS)})",
+                              "features")
+        return FEATURE_SETS[feats]
+    if isinstance(feats, Sequence):  # list, tuple, OmegaConf ListConfig
+        out: dict[str, Any] = {}
+        for item in feats:
+            if isinstance(item, Mapping) and len(item) == 1:
+                name, spec = next(iter(item.items()))
+            elif isinstance(item, str):
+                name, spec = item, FEATURE_SETS["full"].get(item)
+            else:
+                raise ConfigError("<config>", f"a list item is a feature name or one {{name: spec}}, got {item!r}",
+                                  "features")
+            if str(name) in out:
+                raise ConfigError("<config>", f"feature {name!r} given twice", "features")
+            out[str(name)] = spec
+        feats = out
+    if not isinstance(feats, Mapping) or not feats:
+        raise ConfigError("<config>", "features must be a feature-set name, a non-empty mapping or a list",
+                          "features")
+    return feats
 
 
 def _as_list(x) -> list[str]:
@@ -88,12 +91,14 @@ class JetDataConfig:
     format
         ``"jetclass_root"`` or ``"toptagging_h5"``.
     labels
-        Ordered one-hot label branch names; the class index ``y`` is the position in this list. A subset of
-        the format's labels is allowed: jets whose label is none of them are skipped. Every label of the format
-        is read, so a jet with no label flag set at all is told apart from a jet of another class.
+        How the class is read (:class:`~physics_tf.jets.expressions.LabelSpec`): ordered one-hot branches of any
+        names (the class index ``y`` is the position in this list), ``{branch, classes}`` for an integer class
+        branch, or ``{class: boolean expression}``. A subset of the format's labels (JetClass's ten) is allowed:
+        jets whose label is none of them are skipped; every label of the format is read then, so a jet with no
+        label flag set at all is told apart from a jet of another class.
     features
-        Ordered feature name -> spec (``{expr, subtract, multiply, clip}``), or the name of a published set
-        (``"kin"``, ``"kinpid"``, ``"full"``).
+        Ordered feature name -> spec (``{expr, subtract, multiply, clip}``), the name of a published set
+        (``"kin"``, ``"kinpid"``, ``"full"``), or a list of names / one-entry mappings (:func:`_feature_mapping`).
     vectors
         Branches for the particle 4-vectors, in the order (px, py, pz, E).
     variables
@@ -110,7 +115,7 @@ class JetDataConfig:
 
     files: dict[str, list[str]]
     format: str = "jetclass_root"
-    labels: list[str] = dataclasses.field(default_factory=lambda: list(JETCLASS_LABELS))
+    labels: Any = dataclasses.field(default_factory=lambda: list(JETCLASS_LABELS))
     features: Any = "kin"
     vectors: list[str] = dataclasses.field(default_factory=lambda: ["part_px", "part_py", "part_pz",
                                                                     "part_energy"])
@@ -129,25 +134,15 @@ class JetDataConfig:
             self.files = {str(k): _as_list(v) for k, v in self.files.items()}
         else:
             raise ConfigError("<config>", "files must map split -> list of globs", "files")
-        self.labels = _as_list(self.labels)
-        if not self.labels:
-            raise ConfigError("<config>", "at least one label is needed", "labels")
-        known = FORMATS[self.format]
-        for lab in self.labels:
-            if lab not in known:
-                raise UnknownLabelError("<config>", f"unknown label for format {self.format!r} (known: "
-                                        f"{', '.join(known)})", lab)
-        if len(set(self.labels)) != len(self.labels):
-            raise ConfigError("<config>", f"duplicate labels in {self.labels}", "labels")
-        feats = self.features
-        if isinstance(feats, str):
-            if feats not in FEATURE_SETS:
-                raise ConfigError("<config>", f"unknown feature set {feats!r} (choose from {sorted(FEATURE_SETS)})",
-                                  "features")
-            feats = FEATURE_SETS[feats]
-        if not isinstance(feats, Mapping) or not feats:
-            raise ConfigError("<config>", "features must be a non-empty mapping or a feature-set name",
-                              "features")
+        if isinstance(self.labels, (list, tuple)) and len(set(map(str, self.labels))) != len(self.labels):
+            raise ConfigError("<config>", f"duplicate labels in {list(self.labels)}", "labels")
+        self.label_spec = LabelSpec(self.labels, FORMATS[self.format])
+        if self.format == "toptagging_h5":  # the reader provides a fixed set of branches
+            for lab in self.label_spec.branches:
+                if lab not in TOPTAGGING_BRANCHES:
+                    raise UnknownLabelError("<config>", f"unknown label for format {self.format!r} (known: "
+                                            f"{', '.join([*TOPTAGGING_LABELS, 'is_signal_new'])})", lab)
+        feats = _feature_mapping(self.features)
         self.feature_specs: list[FeatureSpec] = [FeatureSpec.from_any(str(k), v) for k, v in feats.items()]
         self.vectors = _as_list(self.vectors)
         if len(self.vectors) != 4:
@@ -172,23 +167,24 @@ class JetDataConfig:
 
     @property
     def num_classes(self) -> int:
-        return len(self.labels)
+        return len(self.class_names)
 
     @property
     def class_names(self) -> list[str]:
-        """Label names without the ``label_`` prefix, in class-index order."""
-        return [lab[len("label_"):] if lab.startswith("label_") else lab for lab in self.labels]
+        """Class names in class-index order (one-hot branch names without the ``label_`` prefix)."""
+        return list(self.label_spec.class_names)
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.feature_specs]
 
-    def needed_branches(self) -> set[str]:
-        """File branches read by features, vectors, labels and selection (variables resolved)."""
+    def needed_branches(self, labels: bool = True) -> set[str]:
+        """File branches read by features, vectors, selection (variables resolved) and, with ``labels``, the
+        label branches."""
         exprs: list[Expression] = list(self.feature_exprs)
         if self.selection_expr is not None:
             exprs.append(self.selection_expr)
-        needed: set[str] = set(self.vectors) | set(self.labels) | set(FORMATS[self.format])
+        needed: set[str] = set(self.vectors) | (set(self.label_spec.read_branches) if labels else set())
         pending = [n for e in exprs for n in e.names]
         seen: set[str] = set()
         while pending:
@@ -215,7 +211,7 @@ class ChunkArrays(NamedTuple):
     x: np.ndarray  # (N, P, C) float32, padded = 0
     v: np.ndarray  # (N, P, 4) float32 (px, py, pz, E), padded = 0
     mask: np.ndarray  # (N, P) bool, True = real particle
-    y: np.ndarray  # (N,) int64 class index
+    y: np.ndarray  # (N,) int64 class index (−1 when read without labels)
 
 
 def _count(stats, key, n):
@@ -237,7 +233,7 @@ def _flat_float(a, n_expected: int, source: str, name: str) -> np.ndarray:
 
 
 def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chunk>", entry_start: int = 0,
-                    stats: dict | None = None, return_entries: bool = False
+                    stats: dict | None = None, return_entries: bool = False, labels: bool = True
                     ) -> ChunkArrays | tuple[ChunkArrays, np.ndarray]:
     """Apply labels, selection and features of ``cfg`` to one chunk and pad to ``cfg.pad_length``.
 
@@ -257,6 +253,9 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
         ``cfg.skip_unlabelled``), ``dropped_no_particles``, ``dropped_selection``.
     return_entries
         Also return the file entry numbers of the surviving jets, ``(N,)`` int64.
+    labels
+        False: the label branches are neither needed nor read, no jet is dropped for its label and ``y`` is −1
+        (prediction over files without labels).
 
     Returns
     -------
@@ -266,44 +265,27 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
 
     Notes
     -----
-    Jets are skipped (and counted) when none of the selected labels is set (label subsets), when they
-    hold zero particles, or when ``cfg.selection`` is False. A jet with no label flag of the format set at all,
-    unless ``cfg.skip_unlabelled``, more than one selected label set, a non-finite label, or a NaN/inf feature /
-    vector value raise :class:`DataError` naming the field.
+    Jets are skipped (and counted) when none of the selected classes matches (label subsets), when they
+    hold zero particles, or when ``cfg.selection`` is False. An unlabelled jet (no label of the format, no
+    expression matching, an integer class out of range), unless ``cfg.skip_unlabelled``, a jet of several classes,
+    a non-finite label, or a NaN/inf feature / vector value raise :class:`DataError` naming the field.
     """
     n = len(arrays)
     fields = set(arrays.fields)
-    for b in sorted(cfg.needed_branches()):
+    for b in sorted(cfg.needed_branches(labels)):
         if b not in fields:
             raise MissingFieldError(source, "branch not found", b)
     _count(stats, "jets_read", n)
     P, C = cfg.pad_length, cfg.num_features
     entries = np.arange(entry_start, entry_start + n)
 
-    # ---- labels: one-hot over the selected label branches
-    lab = np.empty((n, cfg.num_classes), np.float64)
-    for k, name in enumerate(cfg.labels):
-        col = ak.to_numpy(arrays[name]).astype(np.float64)
-        if not np.isfinite(col).all():
-            bad = entries[~np.isfinite(col)]
-            raise InvalidValueError(source, f"non-finite label value at entry {bad[0]}", name)
-        lab[:, k] = col
-    on = lab != 0
-    n_on = on.sum(axis=1)
-    if (n_on > 1).any():
-        i = int(np.argmax(n_on > 1))
-        names = [cfg.labels[k] for k in np.nonzero(on[i])[0]]
-        raise InvalidValueError(source, f"entry {entries[i]} has several labels set: {names}", names[0])
-    keep = n_on == 1
-    others = [name for name in FORMATS[cfg.format] if name not in cfg.labels and name in fields]
-    flagged = keep | np.any([ak.to_numpy(arrays[name]) != 0 for name in others], axis=0) if others else keep
-    if not flagged.all():
-        if not cfg.skip_unlabelled:
-            bad = entries[~flagged]
-            raise InvalidValueError(source, f"entry {bad[0]} has no label flag set ({len(bad)} such jet(s) in "
-                                    f"entries {entries[0]}-{entries[-1]}; data.skip_unlabelled=true skips them)",
-                                    "labels")
-        _count(stats, "skipped_no_label", (~flagged).sum())
+    # ---- labels (LabelSpec): y = class index, −1 for a jet of no listed class
+    if labels:
+        y_all, unlabelled = cfg.label_spec.classify(arrays, source, entries, cfg.skip_unlabelled)
+        _count(stats, "skipped_no_label", unlabelled.sum())
+    else:
+        y_all = np.full(n, -1, np.int64)
+    keep = y_all >= 0 if labels else np.ones(n, bool)
     _count(stats, "dropped_unlabelled", (~keep).sum())
 
     counts_all = ak.to_numpy(ak.num(arrays[cfg.vectors[0]], axis=1))
@@ -312,7 +294,7 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
     keep &= counts_all > 0
 
     arr = arrays[keep]
-    y = np.argmax(on[keep], axis=1).astype(np.int64)
+    y = y_all[keep]
     entries = entries[keep]
 
     # ---- variables (only those needed), then selection

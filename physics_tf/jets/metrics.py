@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_BACKGROUND",
     "DEFAULT_REJECTION_EFFS",
     "background_rejection",
+    "find_class",
     "pairwise_scores",
     "rejection_columns",
     "rejection_key",
@@ -56,11 +57,26 @@ def rejection_key(eff_sig: float, class_name: str) -> str:
     return f"rej{eff_sig * 100:g}_{signal_name(class_name)}"
 
 
+def find_class(class_names: Sequence[str], name: str) -> int | None:
+    """Index of the class ``name`` in ``class_names``: the same name, else the same without a ``label_`` prefix
+    (``label_QCD`` and ``QCD``), else that ignoring case (``qcd``) when one class matches; None if none does."""
+    names = [str(c) for c in class_names]
+    if str(name) in names:
+        return names.index(str(name))
+    short = [signal_name(c) for c in names]
+    if signal_name(str(name)) in short:
+        return short.index(signal_name(str(name)))
+    folded = [c.casefold() for c in short]
+    hits = [i for i, c in enumerate(folded) if c == signal_name(str(name)).casefold()]
+    return hits[0] if len(hits) == 1 else None
+
+
 def resolve_background(class_names: Sequence[str], background: str | int | None = DEFAULT_BACKGROUND) -> int:
     """Index of the background class.
 
-    ``background`` may be an index, a class name, or ``None``.  A name that is not in
-    ``class_names`` (or ``None``) falls back to class 0 — the ParT convention puts QCD
+    ``background`` may be an index, a class name (matched as :func:`find_class` does: ``label_QCD``, ``QCD`` and
+    ``qcd`` name the same class), or ``None``.  A name that is not in ``class_names`` (or ``None``) falls back to
+    class 0 — the ParT convention puts QCD
     first — and the fallback is logged once per process and class list (the test stage resolves it for the
     numbers and again for the plot), because e.g. a top-tagging dataset may call its QCD class ``"is_qcd"``.
     """
@@ -72,9 +88,9 @@ def resolve_background(class_names: Sequence[str], background: str | int | None 
             raise ValueError(f"background: index {background} out of range for {n} classes")
         return int(background)
     if background is not None:
-        short = [signal_name(str(c)) for c in class_names]  # "label_QCD" and "QCD" name the same class
-        if signal_name(str(background)) in short:
-            return short.index(signal_name(str(background)))
+        index = find_class(class_names, str(background))
+        if index is not None:
+            return index
     key = (background, tuple(str(c) for c in class_names))
     if key not in _FALLBACKS_LOGGED:
         _FALLBACKS_LOGGED.add(key)

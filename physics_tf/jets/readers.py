@@ -36,7 +36,7 @@ from physics_tf.data.errors import (
     MissingFieldError,
 )
 from physics_tf.jets.features import JetDataConfig
-from physics_tf.jets.schema import wrap_phi
+from physics_tf.jets.schema import TOPTAGGING_BRANCHES, wrap_phi
 
 __all__ = [
     "JetClassRootReader",
@@ -103,6 +103,15 @@ class JetClassRootReader:
         with self._tree() as tree:
             return int(tree.num_entries)
 
+    def per_jet_branches(self) -> list[str]:
+        """The tree's branches of one number per jet (not jagged), in tree order (metadata only)."""
+        from uproot.interpretation.numerical import AsDtype
+
+        with self._tree() as tree:
+            with _wrap_errors(self.path, self.treename, "cannot read the branch types"):
+                types = {name: tree[name].interpretation for name in tree.keys(recursive=False)}
+                return [name for name, t in types.items() if isinstance(t, AsDtype) and t.inner_shape == ()]
+
     def iterate(self, entry_start: int = 0, entry_stop: int | None = None,
                 step_size: int = 10_000) -> Iterator[ak.Array]:
         """Yield chunks (awkward records with the requested branches) covering ``[entry_start, entry_stop)``."""
@@ -128,12 +137,6 @@ class JetClassRootReader:
 
 
 # ------------------------------------------------------------------------------------------- top tagging
-#: branches the top-tagging reader can provide.
-TOPTAGGING_BRANCHES = (
-    "part_px", "part_py", "part_pz", "part_energy", "part_eta", "part_phi", "part_deta", "part_dphi",
-    "jet_pt", "jet_eta", "jet_phi", "jet_energy", "jet_mass", "jet_nparticles",
-    "label_QCD", "label_Top", "is_signal_new",
-)
 _CONST_RE = re.compile(r"^(E|PX|PY|PZ)_(\d+)$")
 
 
@@ -203,6 +206,13 @@ class TopTaggingH5Reader:
         """Number of jets (rows), from the dataset shapes only."""
         with self._group() as (_, _, n):
             return n
+
+    def per_jet_branches(self) -> list[str]:
+        """The per-jet branches this file gives: the derived ``jet_*`` and, where the file has ``is_signal_new``,
+        it and ``label_QCD`` / ``label_Top``."""
+        with self._group() as (_, columns, _):
+            labels = ["is_signal_new", "label_QCD", "label_Top"] if "is_signal_new" in columns else []
+        return [b for b in TOPTAGGING_BRANCHES if b.startswith("jet_") or b in labels]
 
     def iterate(self, entry_start: int = 0, entry_stop: int | None = None,
                 step_size: int = 10_000) -> Iterator[ak.Array]:

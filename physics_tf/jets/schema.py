@@ -1,16 +1,19 @@
 """The jet file layouts: JetClass branch names and dtypes (Qu, Li, Qian 2022, Zenodo 6619768) and the top-tagging
-labels, shared by the generator (:mod:`physics_tf.jets.generate`), the readers and the feature sets."""
+labels, shared by the generator (:mod:`physics_tf.jets.generate`), the readers and the feature sets; and the
+published ParT input feature sets over those branches (:data:`FEATURE_SETS`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 __all__ = [
+    "FEATURE_SETS",
     "JETCLASS_LABELS",
     "LABEL_DTYPES",
     "PARTICLE_BRANCHES",
     "JET_BRANCHES",
     "AUX_BRANCHES",
+    "TOPTAGGING_BRANCHES",
     "TOPTAGGING_LABELS",
     "wrap_phi",
 ]
@@ -46,7 +49,40 @@ AUX_BRANCHES = ("aux_parent_pt", "aux_parent_eta", "aux_parent_phi", "aux_parent
 #: label branches the top-tagging reader derives from ``is_signal_new`` (0 -> QCD, 1 -> top).
 TOPTAGGING_LABELS = ("label_QCD", "label_Top")
 
+#: branches the top-tagging reader can provide (:class:`physics_tf.jets.readers.TopTaggingH5Reader`).
+TOPTAGGING_BRANCHES = (
+    "part_px", "part_py", "part_pz", "part_energy", "part_eta", "part_phi", "part_deta", "part_dphi",
+    "jet_pt", "jet_eta", "jet_phi", "jet_energy", "jet_mass", "jet_nparticles",
+    "label_QCD", "label_Top", "is_signal_new",
+)
+
 
 def wrap_phi(dphi):
     """Azimuth difference wrapped to [−π, π) (numpy arrays or floats)."""
     return (dphi + np.pi) % (2.0 * np.pi) - np.pi
+
+
+_KIN: dict[str, dict] = {
+    "part_pt_log": {"expr": "log(part_pt)", "subtract": 1.7, "multiply": 0.7},
+    "part_e_log": {"expr": "log(part_energy)", "subtract": 2.0, "multiply": 0.7},
+    "part_logptrel": {"expr": "log(part_pt / jet_pt)", "subtract": -4.7, "multiply": 0.7},
+    "part_logerel": {"expr": "log(part_energy / jet_energy)", "subtract": -4.7, "multiply": 0.7},
+    "part_deltaR": {"expr": "hypot(part_deta, part_dphi)", "subtract": 0.2, "multiply": 4.0},
+    "part_deta": {"expr": "part_deta"},
+    "part_dphi": {"expr": "part_dphi"},
+}
+_PID: dict[str, dict] = {name: {"expr": name} for name in (
+    "part_charge", "part_isChargedHadron", "part_isNeutralHadron", "part_isPhoton", "part_isElectron",
+    "part_isMuon")}
+_TRACK: dict[str, dict] = {
+    "part_d0": {"expr": "tanh(part_d0val)"},
+    "part_d0err": {"expr": "part_d0err", "clip": [0.0, 1.0]},
+    "part_dz": {"expr": "tanh(part_dzval)"},
+    "part_dzerr": {"expr": "part_dzerr", "clip": [0.0, 1.0]},
+}
+#: published ParT input feature sets (Qu, Li, Qian 2022): name -> YAML-style feature mapping.
+FEATURE_SETS: dict[str, dict[str, dict]] = {
+    "kin": dict(_KIN),
+    "kinpid": {**_KIN, **_PID},
+    "full": {**_KIN, **_PID, **_TRACK},
+}

@@ -33,8 +33,9 @@ class JetTaggingTask(ClassificationTask):
     net, class_names, label_smoothing, **kwargs
         As :class:`~physics_tf.tasks.classification.ClassificationTask`.
     background : str or int
-        Background class (name or index) for the rejection metrics; falls back to class 0
-        when the name is not in ``class_names``.
+        Background class (name or index) for the rejection metrics; ``label_QCD``, ``QCD`` and ``qcd`` name the
+        same class (:func:`~physics_tf.jets.metrics.find_class`); falls back to class 0 when the name is not in
+        ``class_names``. ``data.background`` (the data module's ``task_kwargs``) overrides it.
     rejection_effs : sequence of float
         Signal efficiencies at which the test stage reports background rejection.
     """
