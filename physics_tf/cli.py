@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from physics_tf.training.resolvers import register_resolvers
 from physics_tf.training.validate import validate_config
-from physics_tf.config import config_dir
+from physics_tf.config import config_dir, user_config_dir
 
 register_resolvers()  # before Hydra composes; also when a submitit job unpickles the task function
 
@@ -116,8 +116,11 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[
         # them: catch them here and print one line (a user who set HYDRA_FULL_ERROR gets Hydra's full trace).
         full_error_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
         try:
+            user_dir = user_config_dir()
+            if user_dir is not None and not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
+                sys.argv.append(f"hydra.searchpath=[file://{user_dir}]")  # the user's configs beside the package's
+            wrapped = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
             return wrapped()
         except Exception as err:
             input_error = is_input_error(err)  # (Hydra's MissingConfigException is an OSError too)

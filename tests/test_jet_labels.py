@@ -223,3 +223,22 @@ def test_replacing_features_from_the_command_line_is_one_override():
             assert JetDataConfig(files={}, labels=labels, features=cfg.data.features).class_names == ["qcd", "top"]
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_config_dir_variable_with_only_the_users_files_adds_to_the_search_path(monkeypatch, tmp_path):
+    """PHYSICS_TF_CONFIG_DIR pointing at a folder with only data/mytree.yaml (no train.yaml): the package's configs
+    stay, the user's folder is searched too (README: "Your own tree, with its data config outside the package")."""
+    import sys
+
+    from physics_tf.cli import hydra_entry
+    from physics_tf.config import config_dir
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "data" / "mytree.yaml")
+    monkeypatch.setenv("PHYSICS_TF_CONFIG_DIR", str(tmp_path))
+    assert (config_dir() / "train.yaml").is_file() and config_dir() != tmp_path.resolve()
+    seen = {}
+    monkeypatch.setattr(sys, "argv", ["train", "data=mytree", "model=pfn", f"hydra.run.dir={tmp_path / 'run'}",
+                                      "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    hydra_entry("train", lambda cfg: seen.update(treename=cfg.data.treename, model=cfg.model._target_))()
+    assert seen == {"treename": "events", "model": "physics_tf.jets.pfn.ParticleFlowNetwork"}, seen
