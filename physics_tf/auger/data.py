@@ -35,6 +35,10 @@ Augmentation (``augment=true``, training only): the n×n axial rhombus is mapped
 rotation (q, r) → (−q, −r) and by the mirror (q, r) → (r, q) (the reflection about the 30° line); the
 group they generate (4 elements) is the part of the grid's D6 symmetry that keeps a rhombus patch whole
 (60° rotations would move corner stations out of the patch). Positions are transformed with the same maps.
+
+Prediction (:mod:`physics_tf.training.predict`): :meth:`AugerDataModule.predict_files`, ``default_observers``
+and ``predict_dataloader`` (:class:`AugerPredictDataset`): files without truth work; observers are the event
+fields (:data:`physics_tf.auger.io.OBSERVERS`).
 """
 
 from __future__ import annotations
@@ -49,14 +53,15 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from physics_tf.auger.io import AugerEventFile
+from physics_tf.auger.io import OBSERVERS, AugerEventFile, observer_values
 from physics_tf.auger.schema import ALTITUDE, HEIGHT_UNIT, LN_A, PRIMARIES, SPACING, STATION_FIELDS
-from physics_tf.data.errors import DataError
+from physics_tf.data.errors import ConfigError, DataError, MissingFieldError
 from physics_tf.data.loaders import StreamingDataModule
-from physics_tf.data.streaming import batches_per_rank
+from physics_tf.data.streaming import batches_per_rank, expand_files
 from physics_tf.auger import export as wing_export
 
-__all__ = ["AugerDataset", "AugerDataModule", "augment_events", "to_batch", "TARGETS"]
+__all__ = ["AugerDataset", "AugerDataModule", "AugerPredictDataset", "augment_events", "model_batch", "to_batch",
+           "TARGETS"]
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +89,30 @@ def augment_events(raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict
     return out
 
 
-def to_batch(raw: Mapping[str, np.ndarray], targets: Sequence[str], norm: Mapping[str, Sequence[float]]
-             ) -> dict[str, torch.Tensor]:
-    """Raw fields (file units) → a batch dict of tensors (module docstring table)."""
+def model_batch(raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The network inputs of raw station fields (file units): traces, times, signals, positions, mask."""
     mask = raw["mask"].astype(bool)
     m = mask.astype(np.float32)
     traces = np.log1p(np.maximum(raw["traces"].astype(np.float32), 0.0)) * m[..., None]
     pos = raw["positions"].astype(np.float32)
     pos = np.concatenate([pos[..., :2] / SPACING, (pos[..., 2:] - ALTITUDE) / HEIGHT_UNIT], axis=-1)
-    lna = np.log(np.asarray(raw["mass_number"], dtype=np.float64))
-    truth = {"xmax": np.asarray(raw["xmax"], dtype=np.float64), "lna": lna}
-    y = np.stack([(truth[t] - norm[t][0]) / norm[t][1] for t in targets], axis=-1).astype(np.float32)
     return {
         "traces": torch.from_numpy(np.ascontiguousarray(traces)),
         "times": torch.from_numpy((raw["times"].astype(np.float32) * 1e-3) * m),
         "signals": torch.from_numpy(np.log10(1.0 + np.maximum(raw["signals"].astype(np.float32), 0.0)) * m),
         "positions": torch.from_numpy(np.ascontiguousarray(pos)),
         "mask": torch.from_numpy(mask),
+    }
+
+
+def to_batch(raw: Mapping[str, np.ndarray], targets: Sequence[str], norm: Mapping[str, Sequence[float]]
+             ) -> dict[str, torch.Tensor]:
+    """Raw fields (file units) → a batch dict of tensors (module docstring table)."""
+    lna = np.log(np.asarray(raw["mass_number"], dtype=np.float64))
+    truth = {"xmax": np.asarray(raw["xmax"], dtype=np.float64), "lna": lna}
+    y = np.stack([(truth[t] - norm[t][0]) / norm[t][1] for t in targets], axis=-1).astype(np.float32)
+    return {
+        **model_batch(raw),
         "y": torch.from_numpy(y),
         "aux_xmax": torch.from_numpy(truth["xmax"].astype(np.float32)),
         "aux_lna": torch.from_numpy(lna.astype(np.float32)),
@@ -233,6 +245,50 @@ class AugerDataset(IterableDataset):
         return self.iter_worker(wid, nw)
 
 
+# ---------------------------------------------------------------------------------------------- prediction
+class AugerPredictDataset(IterableDataset):
+    """Prediction batches: every event of ``files`` once, in order, a file's last batch short, no truth needed.
+    Worker w yields batches w, w + W, …, which the DataLoader's round robin puts back in order. An event with every
+    station masked is not scored (``pred_valid=False``; the network sees one fake station so that it still runs)."""
+
+    def __init__(self, files: Sequence[str], batch_size: int, *, grid_size: int, n_bins: int,
+                 observers: Sequence[str], treename: str = "events") -> None:
+        self.files, self.observers = list(files), list(observers)
+        self.readers = [AugerEventFile(f, grid_size, n_bins, treename, require_truth=False, cache_bytes=64 << 20)
+                        for f in files]
+        for r in self.readers:
+            r.close()
+            missing = [o for o in self.observers if OBSERVERS[o] not in r.fields]
+            if missing:
+                raise MissingFieldError(r.path, f"observer not in this file (its event fields: "
+                                        f"{[f for f in r.fields if f not in STATION_FIELDS]})", missing[0])
+        bs = max(1, int(batch_size))
+        self.batches = [(i, a, min(a + bs, r.n_events)) for i, r in enumerate(self.readers)
+                        for a in range(0, r.n_events, bs)]
+        self.num_entries = sum(r.n_events for r in self.readers)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        fields = tuple(STATION_FIELDS) + tuple(dict.fromkeys(OBSERVERS[o] for o in self.observers))
+        current = None
+        for i, a, b in self.batches[wid::nw]:
+            if current is not None and current != i:
+                self.readers[current].close()  # one open file per worker
+            current = i
+            raw = self.readers[i].read(a, b, fields, allow_empty=True)
+            valid = raw["mask"].reshape(b - a, -1).any(axis=1)
+            if not valid.all():
+                raw["mask"] = raw["mask"].copy()
+                raw["mask"][~valid, self.readers[i].grid_size // 2, self.readers[i].grid_size // 2] = True
+            yield {**model_batch(raw), "pred_file": torch.full((b - a,), i, dtype=torch.int64),
+                   "pred_entry": torch.arange(a, b, dtype=torch.int64), "pred_valid": torch.from_numpy(valid),
+                   **{f"obs/{o}": observer_values(o, raw) for o in self.observers}}
+
+
 # ---------------------------------------------------------------------------------------------- data module
 class AugerDataModule(StreamingDataModule):
     """Train/val/test loaders of Auger SD events (HDF5 or ROOT), built by Hydra from ``conf/data/auger_sim.yaml``.
@@ -292,9 +348,53 @@ class AugerDataModule(StreamingDataModule):
             chunk_events=self.chunk_events, shuffle_blocks=self.shuffle_blocks, augment=self.augment,
             seed=self.seed, rank=rank, world_size=world)
 
-
     def split_counts(self, split: str) -> dict[str, int]:
         """``num_entries``: the events of the split, each of which the test stage must see exactly once
         (:func:`physics_tf.tasks.metrics.sample_counts`)."""
         dataset = self.datasets.get(split)
         return {} if dataset is None else {"num_entries": int(dataset.num_entries)}
+
+    # ------------------------------------------------------------------ prediction (physics_tf.training.predict)
+    def predict_files(self, files: Sequence[str], **options: Any) -> list[str]:
+        """The files of the globs ``files``, sorted per pattern, in the patterns' order; none matched → one line."""
+        self._check_options(options)
+        try:
+            self._predict_files = expand_files(files)
+        except DataError as err:
+            if "no file matches" not in str(err.what):
+                raise
+            raise DataError(err.file, "no file matches this pattern", "files") from None
+        return self._predict_files
+
+    def default_observers(self) -> list[str]:
+        """The event fields all files of :meth:`predict_files` have (energy, angles, core, truth; not lg_energy)."""
+        have = set.intersection(*[set(AugerEventFile(f, self.grid_size, self.n_bins, self.treename,
+                                                     require_truth=False).fields)
+                                  for f in getattr(self, "_predict_files", [])] or [set()])
+        return [o for o, field in OBSERVERS.items() if field in have and o != "lg_energy"]
+
+    def predict_dataloader(self, files: Sequence[str], observers: Sequence[str] | None = None, *,
+                           batch_size: int | None = None, num_workers: int | None = None, **options: Any):
+        """Batches of every event of ``files`` in order (:class:`AugerPredictDataset`), with ``pred_file``,
+        ``pred_entry``, ``pred_valid`` and ``obs/<name>`` for each observer."""
+        from torch.utils.data import DataLoader
+
+        self._check_options(options)
+        if observers is None:
+            self._predict_files = list(files)
+            observers = self.default_observers()
+        unknown = [o for o in observers if o not in OBSERVERS]
+        if unknown:
+            raise ConfigError("<config>", f"unknown Auger observer {unknown[0]!r} (any of {list(OBSERVERS)})",
+                              "observers")
+        dataset = AugerPredictDataset(files, self.batch_size if batch_size is None else batch_size,
+                                      grid_size=self.grid_size, n_bins=self.n_bins, observers=observers,
+                                      treename=self.treename)
+        workers = self.num_workers if num_workers is None else int(num_workers)
+        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=self.pin_memory)
+
+    @staticmethod
+    def _check_options(options: Mapping[str, Any]) -> None:
+        if options:
+            key = sorted(options)[0]
+            raise ConfigError("<config>", f"the Auger data take no prediction option {key!r}", key)

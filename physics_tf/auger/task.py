@@ -13,6 +13,8 @@ Targets and losses are :class:`~physics_tf.tasks.regression.RegressionTask`'s. T
   matrix (core metrics) and ln A estimated as Σ_k P(k) ln A_k;
 * ``predictions.npz`` with ``lg_energy`` and ``primary``; ``resolution.png`` (bias and resolution vs lg E per
   primary), ``residuals.png`` (predicted vs true, residual histogram, per primary) and ``confusion.png``.
+* prediction on new files: ``xmax`` / ``lna`` (and σ) from the regression head, ``score_<primary>`` from the
+  classifier.
 """
 
 from __future__ import annotations
@@ -124,6 +126,13 @@ class AugerRegressionTask(core.RegressionTask):
             raise ValueError("batch: the primary classification needs the truth field 'aux_primary'")
         ce = F.cross_entropy(extra, batch["aux_primary"].long(), reduction="none")  # (B,)
         return self.hparams.class_loss_weight * ce
+
+    def extra_predict_columns(self, extra: torch.Tensor | None) -> dict[str, np.ndarray]:
+        """With the classifier: ``score_<primary>``, the softmax probability of each primary."""
+        if extra is None:
+            return {}
+        probs = extra.float().softmax(-1).numpy()
+        return {f"score_{name}": probs[:, k] for k, name in enumerate(self.primaries)}
 
     # ------------------------------------------------------------------ validation / test
     def extra_eval_samples(self, extra: torch.Tensor | None, batch: Mapping[str, torch.Tensor]

@@ -10,6 +10,8 @@ softmax probabilities of every rank the same way; global rank 0 logs and writes 
 :func:`physics_tf.tasks.metrics.classification_summary` (``accuracy``, ``auc_macro``, sample count) to
 ``metrics.json``, ``predictions.npz`` (``probs``, ``labels``, ``class_names``), ``roc.png`` (one-vs-rest ROC per
 class) and ``confusion.png``. An analysis adds its own numbers by subclassing (jets: background rejection).
+Prediction on new files (:mod:`physics_tf.training.predict`) takes its columns from
+:meth:`ClassificationTask.predict_columns`: ``score_<class>``, the softmax probabilities.
 """
 
 from __future__ import annotations
@@ -123,3 +125,13 @@ class ClassificationTask(Task):
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Softmax probabilities ``(B, K)``."""
         return self._logits(batch).float().softmax(dim=-1)
+
+    def predict_columns(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        """The prediction table's columns (:mod:`physics_tf.training.predict`) from the network's logits ``(B, K)``
+        (a tensor, or an onnxruntime array): ``score_<class>``, the softmax probability of every class."""
+        logits = torch.as_tensor(outputs).detach().float().cpu()
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"net output: expected logits of shape (B, {self.num_classes}) for classes "
+                             f"{self.class_names}, got {tuple(logits.shape)}")
+        probs = logits.softmax(dim=-1).numpy()
+        return {f"score_{name}": probs[:, k] for k, name in enumerate(self.class_names)}

@@ -19,6 +19,9 @@ Validation logs ``val/loss``, the (weighted) mean loss of the samples of every r
 stage gathers the predictions of all ranks in physical units (mean + std · output) the same way; rank 0 writes
 :func:`regression_summary` (per target: bias, resolution = std of the residual, rms, spread of the truth) to
 ``metrics.json``, ``predictions.npz`` (``pred_<target>``, ``true_<target>``) and ``residuals_<target>.png``.
+Prediction on new files (:mod:`physics_tf.training.predict`) takes its columns from
+:meth:`RegressionTask.predict_columns`: every target in physical units, ``<target>_sigma`` with
+``loss="gaussian"``, and an analysis's :meth:`RegressionTask.extra_predict_columns`.
 """
 
 from __future__ import annotations
@@ -142,6 +145,27 @@ class RegressionTask(Task):
             per = per + self.extra_loss(extra, batch)
         w = batch.get("weight")
         return per, (None if w is None else w.float().view(per.shape))
+
+    def predict_columns(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        """The prediction table's columns (:mod:`physics_tf.training.predict`) from the network's outputs
+        ``(B, num_out)`` (a tensor, or an onnxruntime array): every target in physical units (mean + std · output)
+        and, with ``loss="gaussian"``, ``<target>_sigma`` = std · exp(½ ln σ̂²) (ln σ̂² clamped as in the loss);
+        then :meth:`extra_predict_columns` of the extra outputs."""
+        out = torch.as_tensor(outputs).detach().float().cpu()
+        if out.ndim != 2 or out.shape[1] != self.num_out:
+            raise ValueError(f"net output: expected shape (B, {self.num_out}) for targets {self.target_names} "
+                             f"with loss={self.hparams.loss!r}, got {tuple(out.shape)}")
+        k, mean, std = len(self.target_names), self.mean.cpu(), self.std.cpu()
+        columns = {name: (out[:, i] * std[i] + mean[i]).numpy() for i, name in enumerate(self.target_names)}
+        if self.hparams.loss == "gaussian":
+            sigma = std * torch.exp(0.5 * out[:, k : 2 * k].clamp(-10.0, 10.0))
+            columns.update({f"{name}_sigma": sigma[:, i].numpy() for i, name in enumerate(self.target_names)})
+        extra = out[:, self.num_reg :] if self.num_extra_outputs else None
+        return {**columns, **self.extra_predict_columns(extra)}
+
+    def extra_predict_columns(self, extra: torch.Tensor | None) -> dict[str, np.ndarray]:
+        """Prediction columns of the extra outputs ``(B, E)`` (none here)."""
+        return {}
 
     def extra_loss(self, extra: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Per-example loss ``(B,)`` of the extra outputs ``(B, E)``, added to the regression loss."""
