@@ -82,6 +82,12 @@ def test_default_observers_are_the_jet_branches_and_present_labels(tmp_path):
     assert dm.predict_files([str(bare)]) == [str(bare)] and dm.default_observers() == jets
     out, _ = _collect(dm.predict_dataloader([str(bare)], observers=["jet_eta"]))
     assert [k for k in out if k.startswith("obs/")] == ["obs/jet_eta"]
+    # a labelled file and an unlabelled one together: only what both hold, so the unlabelled file reads too
+    dm = _dm()
+    dm.predict_files([str(labelled), str(bare)])
+    assert dm.default_observers() == jets
+    out, _ = _collect(dm.predict_dataloader([str(labelled), str(bare)]))
+    assert sorted(k for k in out if k.startswith("obs/")) == sorted(f"obs/{n}" for n in jets)
 
 
 def test_toptagging_hdf5(tmp_path, toptagging_arrays):

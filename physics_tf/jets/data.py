@@ -188,14 +188,17 @@ class JetDataModule(StreamingDataModule):
         return list(self._predict_files)
 
     def default_observers(self, files: Sequence[str] | None = None) -> list[str]:
-        """The per-jet ``jet_*`` branches of the first input file (that of :meth:`predict_files`, else of ``files``),
-        in the file's order, then the label branches of ``data.labels`` that file holds (top-tagging HDF5: the
+        """The per-jet ``jet_*`` branches that every input file (those of :meth:`predict_files`, else ``files``) holds,
+        in the first file's order, then the label branches of ``data.labels`` they all hold (top-tagging HDF5: the
         derived ``jet_*`` and ``is_signal_new``, ``label_QCD``, ``label_Top`` where the file has labels)."""
         files = list(self._predict_files or files or [])
         if not files:
             raise ConfigError("<predict>", "the default observers are read from the first input file; none given",
                               "observers")
         per_jet = make_reader(files[0], self.cfg, branches=()).per_jet_branches()
+        for other in files[1:]:  # only what every file has: labelled and unlabelled files can be mixed
+            common = set(make_reader(other, self.cfg, branches=()).per_jet_branches())
+            per_jet = [b for b in per_jet if b in common]
         jets = [b for b in per_jet if b.startswith("jet_")]
         extra = [b for b in (["is_signal_new", *self.cfg.label_spec.branches, "label_QCD", "label_Top"]
                              if self.cfg.format == "toptagging_h5" else self.cfg.label_spec.branches)]
