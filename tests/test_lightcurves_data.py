@@ -250,4 +250,8 @@ def test_datamodule_rejects_values_beyond_float32(tmp_path, sim_lc):
     bad.obs["flux"][bad.offsets[5] + 2] = 1e60
     write_lightcurves_h5(bad, tmp_path / "bad.h5")
     with pytest.raises(DataError, match=f"object_id {int(bad.object_id[5])}: value not finite in float32"):
-        LightCurveDataModule({"test": str(tmp_path / "bad.h5")}, CODES).setup("test")
+        LightCurveDataModule({"train": str(tmp_path / "bad.h5")}, CODES).setup("fit")
+    dm = LightCurveDataModule({"test": str(tmp_path / "bad.h5")}, CODES, batch_size=4, chunk_objects=4)
+    dm.setup("test")  # the test split streams: the batch holding the object fails, naming it
+    with pytest.raises(DataError, match=f"object_id {int(bad.object_id[5])}: value not finite in float32"):
+        list(dm.test_dataloader())

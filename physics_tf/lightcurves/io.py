@@ -7,8 +7,10 @@ PLAsTiCC files (The PLAsTiCC team 2018, arXiv 1810.00001; see ``shared/PHYSICS.m
   zero point 27.5 system, flux = 10^(−0.4 (m − 27.5)).
 * metadata ``*_metadata.csv``: ``object_id, ra, decl, gal_l, gal_b, ddf, hostgal_specz, hostgal_photoz,
   hostgal_photoz_err, distmod, mwebv, target`` (``target`` absent in the blinded test set; ``distmod`` empty
-  / NaN for Galactic objects). The unblinded release spells three columns ``detected_bool``, ``ddf_bool`` and
-  ``true_target``; these are accepted as aliases. Files ending in ``.gz`` are read through gzip.
+  / NaN for Galactic objects). The unblinded release (Zenodo 2539456) has ``detected_bool`` in its light curves
+  and its own metadata layout, read by header (:mod:`physics_tf.lightcurves.metadata`: ``true_target`` over
+  ``target``, ``ddf_bool``, ``gal_l`` / ``gal_b`` computed when absent, ``hostgal_specz < 0`` → NaN). Files
+  ending in ``.gz`` are read through gzip.
 
 In memory a set of light curves is a :class:`LightCurves`: the observations of all objects flattened into
 1-d arrays plus per-object ``offsets`` (object k owns rows ``offsets[k]:offsets[k+1]``) — awkward's
@@ -45,7 +47,7 @@ LC_COLUMNS = ("object_id", "mjd", "passband", "flux", "flux_err", "detected")
 META_COLUMNS = ("object_id", "ra", "decl", "gal_l", "gal_b", "ddf", "hostgal_specz", "hostgal_photoz",
                 "hostgal_photoz_err", "distmod", "mwebv", "target")
 OBS_FIELDS = ("mjd", "passband", "flux", "flux_err", "detected")
-_ALIASES = {"detected": ("detected_bool",), "target": ("true_target",), "ddf": ("ddf_bool",)}
+_ALIASES = {"detected": ("detected_bool",)}  # light-curve columns; metadata: physics_tf.lightcurves.metadata
 OBS_DTYPES = {"mjd": np.float64, "passband": np.int8, "flux": np.float64, "flux_err": np.float64,
               "detected": np.int8}
 
@@ -58,6 +60,7 @@ class LightCurves:
     offsets: np.ndarray  # (N+1,) int64
     obs: dict[str, np.ndarray]  # OBS_FIELDS → (M,)
     meta: dict[str, np.ndarray] = field(default_factory=dict)  # column → (N,)
+    meta_line: np.ndarray | None = None  # (N,) int64: each object's line in its metadata CSV (for error messages)
 
     def __len__(self) -> int:
         return len(self.object_id)
@@ -84,7 +87,8 @@ class LightCurves:
         rows = np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in index]) if len(index) \
             else np.zeros(0, np.int64)
         return LightCurves(self.object_id[index], offsets, {f: a[rows] for f, a in self.obs.items()},
-                           {c: a[index] for c, a in self.meta.items()})
+                           {c: a[index] for c, a in self.meta.items()},
+                           None if self.meta_line is None else self.meta_line[index])
 
     @staticmethod
     def concatenate(parts: Sequence["LightCurves"]) -> "LightCurves":
@@ -95,9 +99,10 @@ class LightCurves:
         counts = np.concatenate([p.counts for p in parts])
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         meta_cols = set.intersection(*(set(p.meta) for p in parts))
+        lines = None if any(p.meta_line is None for p in parts) else np.concatenate([p.meta_line for p in parts])
         return LightCurves(np.concatenate([p.object_id for p in parts]), offsets,
                            {f: np.concatenate([p.obs[f] for p in parts]) for f in OBS_FIELDS},
-                           {c: np.concatenate([p.meta[c] for p in parts]) for c in sorted(meta_cols)})
+                           {c: np.concatenate([p.meta[c] for p in parts]) for c in sorted(meta_cols)}, lines)
 
     def to_awkward(self):
         """``ak.Array`` of records ``{object_id, mjd[var], passband[var], flux[var], flux_err[var], detected[var],
@@ -137,6 +142,12 @@ def _open_text(path: str):
 
 
 def _parse(path, lines: list[str], first_line: int) -> np.ndarray:
+    """The numbers of CSV ``lines``: numpy's C reader, or (empty fields, words, short rows) ``np.genfromtxt``,
+    which reads empty fields and words as NaN for the checks to report with their line and value."""
+    try:
+        return np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError:
+        pass
     try:
         arr = np.genfromtxt(lines, delimiter=",", dtype=np.float64, ndmin=2, invalid_raise=True)
     except ValueError as err:
@@ -243,85 +254,35 @@ def iter_lightcurve_csv(path: str | os.PathLike, chunk_rows: int = 1_000_000) ->
 
 
 def read_metadata_csv(path: str | os.PathLike, require_target: bool = False) -> dict[str, np.ndarray]:
-    """All metadata columns (``object_id`` int64, ``target`` int64 with −1 when absent, others float64)."""
-    path = str(path)
-    with _open_text(path) as fh:
-        head = fh.readline()
-        if not head.strip():
-            raise CorruptFileError(path, "empty file (no header line)")
-        required = META_COLUMNS if require_target else META_COLUMNS[:-1]
-        idx = _header(path, head, required, optional=("target",))
-        raw = list(fh)
-    lines = [ln for ln in raw if ln.strip()]
-    row_lines = np.array([2 + k for k, ln in enumerate(raw) if ln.strip()], np.int64)  # (rows,) line numbers
-    arr = _parse(path, lines, 2) if lines else np.zeros((0, len(head.split(","))))
-    meta = {c: arr[:, idx[c]].copy() for c in META_COLUMNS if c in idx}
-    oid = meta["object_id"]
-    if not np.all(np.isfinite(oid)):
-        k = int(np.flatnonzero(~np.isfinite(oid))[0])
-        raise InvalidValueError(path, f"line {row_lines[k]}: object_id is empty / not a number (found "
-                                f"{_found(path, int(row_lines[k]), idx['object_id'])!r})", "object_id")
-    meta["object_id"] = oid.astype(np.int64)
-    u, n = np.unique(meta["object_id"], return_counts=True)
-    if np.any(n > 1):
-        raise InvalidValueError(path, f"object_id {int(u[n > 1][0])}: appears in more than one row", "object_id")
-    if "target" in meta:
-        t = meta["target"]
-        if not np.all(np.isfinite(t)):
-            k = int(np.flatnonzero(~np.isfinite(t))[0])
-            raise InvalidValueError(path, f"line {row_lines[k]}: object_id {int(meta['object_id'][k])}: target is "
-                                    f"empty / not a number (found {_found(path, int(row_lines[k]), idx['target'])!r})",
-                                    "target")
-        meta["target"] = t.astype(np.int64)
-    else:
-        meta["target"] = np.full(len(oid), -1, np.int64)
-    return meta
+    """A metadata CSV of either PLAsTiCC layout: :func:`physics_tf.lightcurves.metadata.read_metadata_csv`."""
+    from physics_tf.lightcurves.metadata import read_metadata_csv as read
 
-
-class _MetaIndex:
-    """Look up metadata rows by object id; remembers which were used (for the 'no observations' check)."""
-
-    def __init__(self, meta: dict[str, np.ndarray], path: str):
-        self.meta, self.path = meta, path
-        self.order = np.argsort(meta["object_id"], kind="stable")
-        self.sorted_ids = meta["object_id"][self.order]
-        self.used = np.zeros(len(self.sorted_ids), bool)
-
-    def rows(self, ids: np.ndarray, lc_path: str) -> np.ndarray:
-        pos = np.searchsorted(self.sorted_ids, ids)
-        pos_c = np.minimum(pos, max(len(self.sorted_ids) - 1, 0))
-        ok = (pos < len(self.sorted_ids)) & (self.sorted_ids[pos_c] == ids) if len(self.sorted_ids) else \
-            np.zeros(len(ids), bool)
-        if not ok.all():
-            bad = int(ids[~ok][0])
-            raise DataError(self.path, f"object_id {bad} of {lc_path} has no metadata row "
-                            "(metadata and light curves disagree on object ids)", "object_id")
-        self.used[pos] = True
-        return self.order[pos]
-
-    def check_all_used(self, lc_path: str) -> None:
-        if not self.used.all():
-            bad = int(self.sorted_ids[~self.used][0])
-            raise DataError(lc_path, f"object_id {bad} of {self.path} has no observations", "object_id")
+    return read(path, require_target)
 
 
 def iter_plasticc_csv(lc_path: str | os.PathLike, meta_path: str | os.PathLike, chunk_rows: int = 1_000_000,
-                      partial_metadata: bool = False) -> Iterator[LightCurves]:
+                      partial_metadata: bool = False, metadata: dict[str, np.ndarray] | None = None
+                      ) -> Iterator[LightCurves]:
     """Stream a light-curve CSV joined with its metadata CSV as :class:`LightCurves` chunks, objects in file order.
 
     The metadata CSV is read and checked here, before the light-curve file is opened (so a writer fed by this
     iterator creates nothing on a metadata error). Once the last chunk is out, a metadata row without
     observations is an error unless ``partial_metadata`` (PLAsTiCC's test metadata covers all 11 test
-    light-curve files)."""
-    index = _MetaIndex(read_metadata_csv(meta_path), str(meta_path))
-    return _join_metadata(iter_lightcurve_csv(lc_path, chunk_rows), index, str(lc_path), partial_metadata)
+    light-curve files). ``metadata``: the table of ``meta_path`` already read (one metadata file for several
+    light-curve files is read once)."""
+    from physics_tf.lightcurves.metadata import LINE_COLUMN, MetaIndex
+
+    index = MetaIndex(read_metadata_csv(meta_path) if metadata is None else metadata, str(meta_path))
+    return _join_metadata(iter_lightcurve_csv(lc_path, chunk_rows), index, str(lc_path), partial_metadata,
+                          LINE_COLUMN)
 
 
-def _join_metadata(chunks: Iterator[LightCurves], index: _MetaIndex, lc_path: str,
-                   partial_metadata: bool) -> Iterator[LightCurves]:
+def _join_metadata(chunks: Iterator[LightCurves], index, lc_path: str, partial_metadata: bool,
+                   line_column: str) -> Iterator[LightCurves]:
     for lc in chunks:
         rows = index.rows(lc.object_id, lc_path)
-        lc.meta = {c: a[rows] for c, a in index.meta.items() if c != "object_id"}
+        lc.meta = {c: a[rows] for c, a in index.meta.items() if c not in ("object_id", line_column)}
+        lc.meta_line = index.meta[line_column][rows]
         yield lc
     if not partial_metadata:
         index.check_all_used(lc_path)
