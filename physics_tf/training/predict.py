@@ -185,7 +185,7 @@ def _predict(cfg: DictConfig, output_dir: Path, output: Path) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"predict returned None", category=UserWarning)
     L.seed_everything(cfg.get("seed", 42), verbose=False)
     datamodule, net, session, task = load_model(cfg, output_dir)
-    options = {"metadata": str(cfg.metadata)} if cfg.get("metadata") is not None else {}
+    options = {key: str(cfg[key]) for key in ("metadata", "cache_dir") if cfg.get(key) is not None}
     if cfg.files is None or OmegaConf.is_missing(cfg, "files"):
         raise PredictError("<config>", "no input files: give files=[<path or glob>, ...]", "files")
     patterns = OmegaConf.to_container(cfg.files, resolve=True) if OmegaConf.is_list(cfg.files) else [str(cfg.files)]

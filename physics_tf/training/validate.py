@@ -88,6 +88,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_length": POSITIVE_INT,
     "data.chunk_size": POSITIVE_INT,
     "data.chunk_events": POSITIVE_INT,
+    "data.chunk_rows": POSITIVE_INT,
+    "data.chunk_objects": POSITIVE_INT,
     "data.shuffle_buffer": NON_NEGATIVE_INT,
     "data.shuffle_blocks": NON_NEGATIVE_INT,
     "data.val_fraction": FRACTION,
