@@ -69,18 +69,45 @@ class Dropout(nn.Dropout):
         return dropout_bits(x, self.p, self.training)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+def attention_weights(q: Tensor, k: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """The attention probabilities softmax(Q Kᵀ / √d + U + M) (B, H, Lq, Lk), in float32, of the same q, k and
+    ``attn_mask`` that :func:`attention` gets: 0 at masked keys, each row summing to 1 over the real keys."""
+    with torch.autocast(q.device.type, enabled=False):  # fp32 also under bf16 autocast
+        scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, Lq, Lk)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask.float()
+        return scores.softmax(dim=-1)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+              need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Scaled dot-product attention: q (B, H, Lq, d), k/v (B, H, Lk, d), attn_mask from :func:`attention_mask`.
 
     Without dropout: fused SDPA (flash kernel on CPU, also with a float bias). With dropout SDPA falls back to its
     unfused math path anyway; ours instead adds the bias inside the QKᵀ GEMM (``baddbmm``), skips SDPA's
     all-masked-row checks (:func:`attention_mask` already guards those rows) and drops attention weights with
     :func:`dropout_bits`.
+
+    ``need_weights``: also return the per-head attention probabilities (B, H, Lq, Lk) (:func:`attention_weights`,
+    before dropout). The output is computed exactly as without them (same fused kernel, bit for bit); the weights
+    cost one extra QKᵀ and softmax, and nothing when not asked for.
     """
     if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
         attn_mask = attn_mask.to(q.dtype)  # autocast: SDPA wants the float mask in the query's dtype
     if dropout_p == 0.0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Lq, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Lq, d)
+    else:
+        out = _dropout_attention(q, k, v, attn_mask, dropout_p)
+    if need_weights:
+        return out, attention_weights(q, k, attn_mask)
+    return out
+
+
+def _dropout_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
+    """:func:`attention` in training with dropout (its docstring): bias inside the QKᵀ GEMM, cheap dropout bits."""
     B, H, Lq, d = q.shape
     Lk = k.shape[2]
     scale = d**-0.5
@@ -106,7 +133,14 @@ class MultiheadAttention(nn.Module):
 
     The parameter layout matches ``nn.MultiheadAttention`` (one (3·dim, dim) input projection + output
     projection), so the parameter count of models built on it equals the reference's.
+
+    Attention weights: ``forward(..., need_weights=True)`` returns ``(output, weights)`` with the per-head
+    probabilities (B, H, Lq, Lk); a ``recorder`` callable set on the module (what
+    :func:`physics_tf.nn.inspect.record_attention` does, without touching the model) gets
+    ``recorder(module, weights, attn_mask, self_attention)`` on every call. Neither changes the output.
     """
+
+    recorder = None  # Callable[[MultiheadAttention, Tensor, Tensor | None, bool], None] | None
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, head_scale: bool = False) -> None:
         super().__init__()
@@ -126,11 +160,12 @@ class MultiheadAttention(nn.Module):
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
 
     def forward(self, x: Tensor, context: Tensor | None = None, attn_mask: Tensor | None = None,
-                packing: Packing | None = None) -> Tensor:
+                packing: Packing | None = None, need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x: queries (B, Lq, D); context: keys/values (B, Lk, D), default x (self-attention).
 
         With ``packing`` (self-attention only) x is the packed real elements (N_real, D): the projections run on
         them alone and only the attention itself sees the padded (B, L) layout; the output is packed too.
+        ``need_weights``: return ``(output, weights (B, H, Lq, Lk))`` (class docstring).
         """
         if context is None:
             qkv = self.in_proj(x)  # (B, L, 3D) or packed (N_real, 3D)
@@ -143,9 +178,15 @@ class MultiheadAttention(nn.Module):
             q = self._heads(F.linear(x, w[: self.dim], b[: self.dim]))  # (B, H, Lq, d)
             k, v = map(self._heads, F.linear(context, w[self.dim :], b[self.dim :]).chunk(2, dim=-1))  # (B, H, Lk, d)
         p = self.dropout if self.training else 0.0
-        out = attention(q, k, v, attn_mask, p).transpose(1, 2)  # (B, Lq, H, d)
+        if need_weights or self.recorder is not None:
+            out, weights = attention(q, k, v, attn_mask, p, need_weights=True)  # weights (B, H, Lq, Lk)
+            if self.recorder is not None:
+                self.recorder(self, weights, attn_mask, context is None)
+        else:
+            out = attention(q, k, v, attn_mask, p)  # (B, H, Lq, d)
+        out = out.transpose(1, 2)  # (B, Lq, H, d)
         out = packing.pack(out) if packing is not None else out  # (N_real, H, d)
         out = self.out_proj(out.reshape(*out.shape[:-2], self.dim))  # (…, D)
         if self.head_scale is not None:  # per head, on the output projection's channels (as the reference does)
             out = out * self.head_scale.repeat_interleave(self.head_dim).to(out.dtype)
-        return out
+        return (out, weights) if need_weights else out

@@ -25,6 +25,8 @@ from physics_tf.nn.packing import Packing
 class TransformerBlock(nn.Module):
     """Pre-LN block: x + Attn(LN(x)), then x + FFN(LN(x)); NormFormer extras with ``normformer=True``."""
 
+    attention_kind = "self"  # what its ``attn`` does, for :func:`physics_tf.nn.inspect.record_attention`
+
     def __init__(
         self,
         dim: int,
@@ -76,6 +78,8 @@ class ClassAttentionBlock(TransformerBlock):
     the reference ParT does (keys and values are layer-normed either way).
     """
 
+    attention_kind = "class"  # keys: [class token, x]
+
     def __init__(self, *args, norm_query: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.norm_query = norm_query
@@ -93,6 +97,8 @@ class ClassAttentionBlock(TransformerBlock):
 
 class CrossAttentionBlock(TransformerBlock):
     """Pre-LN cross-attention block: queries q (B, K, D) attend to x (B, L, D) (padding masked); q is updated."""
+
+    attention_kind = "cross"
 
     def forward(self, q: Tensor, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         q = q + self._attend(self.pre_attn_norm(q), self.pre_attn_norm(x), attn_mask)  # (B, K, D)
