@@ -58,6 +58,12 @@ class AugerHexConvNet(nn.Module):
         on for the ablation that gives the baseline the transformer's inputs.
     """
 
+    # fine-tuning (physics_tf.tasks.finetune): head, blocks (the hexagonal convolutions, each with its norm) and
+    # the trace RNN and station features in front of them
+    head_modules = ("head",)
+    block_modules = "convs"
+    stem_modules = ("rnn", "geometry", "station")
+
     def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, rnn: str = "lstm", rnn_hidden: int = 32,
                  rnn_layers: int = 1, trace_pool: int = 2, station_dim: int = 32,
                  conv_channels: tuple[int, ...] | list[int] = (64, 64, 64),

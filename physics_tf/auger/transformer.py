@@ -153,6 +153,12 @@ class AugerTransformer(nn.Module):
     dropout: everywhere; predict_variance: output means and log-variances (2·num_targets values).
     """
 
+    # fine-tuning (physics_tf.tasks.finetune): head, blocks (the spatial transformer) and the temporal encoder and
+    # station embedding in front of them
+    head_modules = ("head",)
+    block_modules = "blocks"
+    stem_modules = ("temporal", "pair_bias", "geometry", "station_embed", "token_proj")
+
     def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, patch: int = 10, temporal_dim: int = 64,
                  temporal_heads: int = 4, temporal_depth: int = 2, window: int = 12, dim: int = 128,
                  num_heads: int = 8, depth: int = 4, dropout: float = 0.0, predict_variance: bool = False,

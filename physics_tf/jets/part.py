@@ -100,6 +100,20 @@ class ParticleTransformer(nn.Module):
 
     # before the class-token pooling was shared (ClassTokenPool), these lived on the model itself
     LEGACY_STATE_KEYS = POOL_LEGACY_STATE_KEYS
+    # fine-tuning (physics_tf.tasks.finetune): the head replaced for a new label set, the blocks and the
+    # embedding in front of them that task.freeze_blocks freezes
+    head_modules = ("fc",)
+    block_modules = "blocks"
+    stem_modules = ("embed", "pair_embed")
+
+    @staticmethod
+    def convert_foreign_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A weaver-core ParT state dict (also as its training saves it: the network wrapped as ``mod``, or in
+        ``DataParallel`` as ``module``) under physics_tf's names (:func:`from_weaver_state_dict`); a physics_tf
+        state dict comes back unchanged."""
+        if state_dict and all(k.startswith("mod.") for k in state_dict):
+            state_dict = {k.removeprefix("mod."): v for k, v in state_dict.items()}
+        return from_weaver_state_dict(state_dict)
 
     def __init__(
         self,

@@ -28,6 +28,11 @@ def _mlp(dims: Sequence[int], input_dim: int) -> tuple[nn.Sequential, int]:
 class ParticleFlowNetwork(nn.Module):
     """Deep Sets classifier. ``forward(x, v=None, mask=None) -> logits``; ``v`` is accepted and ignored."""
 
+    # fine-tuning (physics_tf.tasks.finetune): head, blocks (the Φ layers) and the input norm in front of them
+    head_modules = ("out",)
+    block_modules = "phi"
+    stem_modules = ("input_bn",)
+
     def __init__(
         self,
         input_dim: int,

@@ -23,6 +23,11 @@ __all__ = ["LightCurveGRU"]
 class LightCurveGRU(nn.Module):
     """``forward(flux, flux_err, time, band, mask, meta) -> logits (B, K)``; parameters as the transformer's sizes."""
 
+    # fine-tuning (physics_tf.tasks.finetune): head and blocks (the GRU's layers; no embedding in front of them)
+    head_modules = ("head",)
+    block_modules = "gru"
+    stem_modules = ()
+
     def __init__(self, num_classes: int, meta_dim: int = 0, num_bands: int = 6, hidden: int = 64,
                  num_layers: int = 2, dropout: float = 0.1) -> None:
         super().__init__()

@@ -62,6 +62,10 @@ class LightCurveTransformer(nn.Module):
 
     # before the class-token pooling was shared (ClassTokenPool), these lived on the model itself
     LEGACY_STATE_KEYS = POOL_LEGACY_STATE_KEYS
+    # fine-tuning (physics_tf.tasks.finetune): head, blocks and the embedding in front of them
+    head_modules = ("head",)
+    block_modules = "blocks"
+    stem_modules = ("obs_proj", "band_embed", "time_proj", "meta_proj")
 
     def __init__(self, num_classes: int, meta_dim: int = 0, num_bands: int = 6, dim: int = 64, num_heads: int = 4,
                  num_layers: int = 3, num_cls_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.1,

@@ -14,7 +14,7 @@ outputs and losses gathered from every DDP rank, each sample once by its ``aux_i
 over ranks every epoch, and the report hook :meth:`Task.report_tables` through which the W&B callback gets an
 analysis's tables without knowing the analysis. A head (:mod:`~physics_tf.tasks.classification`,
 :mod:`~physics_tf.tasks.regression`) supplies the per-sample loss and outputs and the numbers made of them; an
-analysis's task subclasses a head.
+analysis's task subclasses a head. Fine-tuning: :class:`physics_tf.tasks.finetune.FineTuning`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from physics_tf.data.atomic import atomic_path
+from physics_tf.tasks.finetune import FineTuning
 from physics_tf.tasks.metrics import sample_counts
-from physics_tf.tasks.optim import split_weight_decay_params
+from physics_tf.tasks.optim import parameter_groups, split_weight_decay_params
 from physics_tf.tasks.samples import StageOutputs, batch_loss, epoch_counts, log_epoch_counts, mean_loss
 from physics_tf.tasks.schedulers import SCHEDULES, build_warmup_decay_scheduler
 from physics_tf.tasks.summary import print_test_summary
@@ -112,7 +113,7 @@ def estimate_total_steps(trainer) -> float | None:
     return float(total) if math.isfinite(total) else None
 
 
-class Task(L.LightningModule):
+class Task(FineTuning, L.LightningModule):
     """What every task shares: optimisation, the validation and test stages' plumbing and the report hook (module
     docstring).
 
@@ -145,6 +146,7 @@ class Task(L.LightningModule):
         ``net.compile()`` in place (``torch.compile``; parameter names and checkpoints unchanged).
     net_config : dict or None
         Informational; filled from ``net.hparams_for_checkpoint`` when available.
+    pretrained, lr_backbone_mult, freeze_blocks : fine-tuning (:class:`~physics_tf.tasks.finetune.FineTuning`).
     """
 
     COUNT_KEY = "num_samples"  # the summary's sample count; an analysis names its own (num_jets, num_events, ...)
@@ -165,6 +167,9 @@ class Task(L.LightningModule):
         output_dir: str | os.PathLike | None = None,
         compile: bool = False,
         net_config: dict[str, Any] | None = None,
+        pretrained: str | os.PathLike | None = None,
+        lr_backbone_mult: float = 1.0,
+        freeze_blocks: int = 0,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -186,6 +191,7 @@ class Task(L.LightningModule):
         if cfg is not None:
             self.hparams["net_config"] = cfg
         self.net = net
+        self.setup_finetuning(net, pretrained, lr_backbone_mult, freeze_blocks)
         if compile:
             self.net.compile()
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -359,15 +365,11 @@ class Task(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over two groups (with / without weight decay; each stores its parameter ``names``, in
-        ``net.named_parameters()`` order) and the warm-up + decay schedule, stepped per optimizer step."""
+        ``net.named_parameters()`` order), four with ``lr_backbone_mult != 1`` (the backbone's two at the scaled
+        rate first: :func:`~physics_tf.tasks.optim.parameter_groups`); frozen parameters are in none. The warm-up +
+        decay schedule scales every group's rate alike, stepped per optimizer step."""
         hp = self.hparams
-        decay, no_decay = split_weight_decay_params(self.net)
-        params = dict(self.net.named_parameters())
-        groups = [
-            {"params": [params[n] for n in decay], "weight_decay": hp.weight_decay, "names": decay},
-            {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "names": no_decay},
-        ]
-        groups = [g for g in groups if g["params"]]
+        groups = parameter_groups(self.net, hp.lr, hp.weight_decay, float(hp.get("lr_backbone_mult", 1.0)))
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
 
         total = self._total_steps()

@@ -1,11 +1,16 @@
-"""The weight-decay split of the task base's AdamW: which parameters decay and which do not
-(:func:`split_weight_decay_params`, re-exported by :mod:`physics_tf.tasks.base`)."""
+"""The parameter groups of the task base's AdamW: which parameters decay and which do not
+(:func:`split_weight_decay_params`, re-exported by :mod:`physics_tf.tasks.base`), and, for fine-tuning, the
+backbone's groups at a scaled learning rate (:func:`parameter_groups`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-__all__ = ["split_weight_decay_params"]
+from physics_tf.tasks.finetune import head_prefixes, is_head
+
+__all__ = ["split_weight_decay_params", "parameter_groups"]
 
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -54,3 +59,30 @@ def split_weight_decay_params(net: nn.Module) -> tuple[list[str], list[str]]:
         else:
             decay.append(name)
     return decay, no_decay
+
+
+def parameter_groups(net: nn.Module, lr: float, weight_decay: float, lr_backbone_mult: float = 1.0
+                     ) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters of ``net``, each with its ``names`` (in
+    ``net.named_parameters()`` order), ``lr`` and ``weight_decay``; empty groups are left out.
+
+    With ``lr_backbone_mult == 1`` two groups: with and without weight decay (:func:`split_weight_decay_params`).
+    Otherwise four: the backbone's two at ``lr * lr_backbone_mult``, then the head's two (the net's declared
+    ``head_modules``, :func:`physics_tf.tasks.finetune.head_prefixes`) at ``lr``.
+    """
+    decay, no_decay = split_weight_decay_params(net)
+    params = dict(net.named_parameters())
+
+    def group(names: list[str], wd: float, rate: float) -> dict[str, Any]:
+        return {"params": [params[n] for n in names], "weight_decay": wd, "lr": rate, "names": names}
+
+    if lr_backbone_mult == 1.0:
+        groups = [group(decay, weight_decay, lr), group(no_decay, 0.0, lr)]
+    else:
+        head = head_prefixes(net, "task.lr_backbone_mult")
+        backbone_lr = lr * lr_backbone_mult
+        groups = [group([n for n in decay if not is_head(n, head)], weight_decay, backbone_lr),
+                  group([n for n in no_decay if not is_head(n, head)], 0.0, backbone_lr),
+                  group([n for n in decay if is_head(n, head)], weight_decay, lr),
+                  group([n for n in no_decay if is_head(n, head)], 0.0, lr)]
+    return [g for g in groups if g["params"]]
