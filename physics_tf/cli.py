@@ -47,6 +47,10 @@ def one_line(err: BaseException) -> str:
     Errors from DataLoader workers arrive with the worker's traceback: only its last line is kept. Hydra's
     composition errors span several lines (the failing override, a hint, the available options): joined.
     """
+    cause = err.__cause__
+    if type(err).__name__ == "InstantiationException" and cause is not None and any(
+            f"{c.__module__}.{c.__qualname__}" == "physics_tf.data.errors.DataError" for c in type(cause).__mro__):
+        return one_line(cause)  # a bad file or value found while building an object: its own line, not Hydra's wrapper
     text = str(err).strip()
     if "Traceback (most recent call last)" in text:
         text = text.splitlines()[-1].split("Error: ", 1)[-1]

@@ -348,6 +348,7 @@ def test_experiment_fine_tunes_a_pretrained_part_and_requires_one(data_dir, tmp_
     assert is_input_error(err.value)  # the command line prints one line and exits with status 2
     assert "field 'task.pretrained': this experiment fine-tunes a pretrained network: give task.pretrained=PATH" \
         in one_line(err.value)
+    assert "Error in call to target" not in one_line(err.value)  # the DataError's own line, not Hydra's wrapper
     assert cfg.task.lr_backbone_mult == 0.1
 
     datamodule = instantiate(cfg.data)
