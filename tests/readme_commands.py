@@ -6,9 +6,9 @@ Every line of a fenced ``bash`` block of README.md is a command (lines ending in
 the whole block.
 
 A command that runs gets tiny overrides appended (:func:`tiny_overrides`, in the x-transformers spirit: the same
-command, smaller) and its placeholders filled in (:func:`fill_placeholders`): ``<time>`` / ``<date>`` / ``<run>``
-name the newest matching run directory written by an earlier command, ``/data/...`` a user's files, which the test
-writes in the public releases' layouts.
+command, smaller; every training's network made tiny by :func:`tiny_model`) and its placeholders filled in
+(:func:`fill_placeholders`): ``<time>`` / ``<date>`` / ``<run>`` name the newest matching run directory written by an
+earlier command, ``/data/...`` a user's files, which the test writes in the public releases' layouts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"\(not run by the tests: ([^)]+)\)")
-PIPELINES = {"train", "evaluate", "generate", "export", "compare"}
+PIPELINES = {"train", "evaluate", "generate", "export", "compare", "predict", "explain"}
 
 # sizes: a few batches of each split, every wing's data made small
 TRAIN_TINY = ["trainer.max_epochs=1", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
@@ -33,6 +33,20 @@ GEN_TINY = {"jets_demo": ["gen.n_train=24", "gen.n_val=12", "gen.n_test=12", "ge
                           "gen.progress=false"],
             "lightcurves_sim": ["gen.n_train=36", "gen.n_val=24", "gen.n_test=24", "gen.progress=false"],
             "auger_sim": ["gen.n_train=48", "gen.n_val=16", "gen.n_test=16", "gen.chunk=16", "gen.progress=false"]}
+# network widths, by the network's class: every training (a sweep's points too, whichever models it sweeps over)
+# builds its network this small; evaluate and export rebuild it from the checkpoint, so they read it small too
+TINY_MODELS = {
+    "physics_tf.jets.part.ParticleTransformer": {"embed_dims": [16, 16], "pair_embed_dims": [8], "num_heads": 2,
+                                                 "num_layers": 1, "num_cls_layers": 1},
+    "physics_tf.jets.pfn.ParticleFlowNetwork": {"phi_dims": [16, 16], "f_dims": [16]},
+    "physics_tf.lightcurves.transformer.LightCurveTransformer": {"dim": 16, "num_heads": 2, "num_layers": 1},
+    "physics_tf.lightcurves.gru.LightCurveGRU": {"hidden": 16},
+    "physics_tf.auger.hexconv.AugerHexConvNet": {"rnn_hidden": 8, "station_dim": 8, "conv_channels": [8, 8],
+                                                 "head_dims": [16]},
+    "physics_tf.auger.transformer.AugerTransformer": {"temporal_dim": 16, "temporal_heads": 2, "temporal_depth": 1,
+                                                      "latents": 4, "dim": 16, "num_heads": 2, "depth": 1,
+                                                      "pair_hidden": 8, "head_hidden": 16},
+}
 
 
 @dataclass
@@ -118,7 +132,20 @@ def tiny_overrides(name: str, args: list[str]) -> list[str]:
         return GEN_TINY[data]
     if name == "evaluate":
         return ["++trainer.limit_test_batches=2"]
+    if name == "explain":
+        return ["num_events=16"]
     return []
+
+
+def tiny_model(cfg):
+    """``cfg`` with ``cfg.model`` shrunk in place to the widths of :data:`TINY_MODELS` for its ``_target_`` (what
+    ``model.*=`` overrides would set; applied to the composed config so that a sweep over several networks shrinks
+    each of them). A network without tiny widths is a KeyError: give it some."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.model.merge_with(TINY_MODELS[cfg.model._target_])
+    return cfg
 
 
 def fill_placeholders(arg: str, cwd: Path) -> str:

@@ -391,11 +391,10 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
         assert "accuracy" in metrics["primary"] and (tmp_path / "run" / "confusion.png").is_file()
 
 
-def test_ci_sized_run_transformer_beats_the_mean_and_the_baseline(tmp_path):
-    """The issue's acceptance check at CI size: trained on 6,000 simulated events for 5 epochs with reduced widths,
-    on 800 held-out events the transformer's X_max RMS error is no worse than the baseline's and below 0.6 × the
-    spread of true X_max (the stated CI threshold; the goal of half the spread is met by the long run in the
-    README). Measured here: 30.7 vs 34.1 g/cm², spread 59.5."""
+def _xmax_rms_after_training(tmp_path, n_train: int, n_test: int, epochs: int, sizes: dict[str, list[str]],
+                             seed: int = 11) -> tuple[dict[str, float], float]:
+    """X_max RMS error on ``n_test`` held-out events of each experiment in ``sizes`` (experiment → model overrides)
+    trained on ``n_train`` simulated events; and the spread (std) of the true X_max."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -406,18 +405,14 @@ def test_ci_sized_run_transformer_beats_the_mean_and_the_baseline(tmp_path):
     from physics_tf.training.run import run_train
 
     data = tmp_path / "data"
-    run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": 6000, "n_val": 256,
-                                   "n_test": 800, "seed": 11, "progress": False}))
-    sizes = {"auger_transformer": ["model.temporal_dim=32", "model.temporal_depth=1", "model.dim=48",
-                                   "model.num_heads=4", "model.depth=2", "model.pair_hidden=16"],
-             "auger_hexconv": ["model.rnn_hidden=16", "model.station_dim=16", "model.conv_channels=[32,32]",
-                               "model.head_dims=[64]"]}
+    run_generate(OmegaConf.create({"out_dir": str(data / "generated" / "auger_sim"), "n_train": n_train, "n_val": 256,
+                                   "n_test": n_test, "seed": seed, "progress": False}))
     rms = {}
     for experiment, extra in sizes.items():
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data}", *extra,
-                                              "trainer.max_epochs=5", "data.batch_size=32", "task.lr=2e-3",
+                                              f"trainer.max_epochs={epochs}", "data.batch_size=32", "task.lr=2e-3",
                                               "logger=none", "callbacks=none", "seed=1"],
                           return_hydra_config=True)
         HydraConfig().set_config(cfg)
@@ -428,5 +423,31 @@ def test_ci_sized_run_transformer_beats_the_mean_and_the_baseline(tmp_path):
         m = run_train(cfg)
         rms[experiment], spread = m["xmax"]["rms"], m["xmax"]["true_std"]
     print(f"X_max RMS: {rms}, spread {spread:.1f} g/cm²")
+    return rms, spread
+
+
+@pytest.mark.slow
+def test_ci_sized_run_transformer_beats_the_mean_and_the_baseline(tmp_path):
+    """The issue's acceptance check at CI size: trained on 6,000 simulated events for 5 epochs with reduced widths,
+    on 800 held-out events the transformer's X_max RMS error is no worse than the baseline's and below 0.6 × the
+    spread of true X_max (the stated CI threshold; the goal of half the spread is met by the long run in the
+    README). Measured here: 30.7 vs 34.1 g/cm², spread 59.5. About 80 s on 2 cores: slow; the default suite runs
+    the small version below."""
+    rms, spread = _xmax_rms_after_training(tmp_path, 6000, 800, 5, {
+        "auger_transformer": ["model.temporal_dim=32", "model.temporal_depth=1", "model.dim=48", "model.num_heads=4",
+                              "model.depth=2", "model.pair_hidden=16"],
+        "auger_hexconv": ["model.rnn_hidden=16", "model.station_dim=16", "model.conv_channels=[32,32]",
+                          "model.head_dims=[64]"]})
     assert rms["auger_transformer"] < 0.6 * spread
     assert rms["auger_transformer"] <= rms["auger_hexconv"]
+
+
+def test_small_run_transformer_beats_the_mean(tmp_path):
+    """The acceptance check made small for the default suite: a narrow transformer trained on 1,500 simulated events
+    for 3 epochs; on 400 held-out events its X_max RMS error is below 0.9 × the spread of true X_max (the RMS error of
+    predicting the mean). Measured: 0.75 × (41.2 vs 55.2 g/cm², these seeds) and 0.79 × (another data seed)."""
+    rms, spread = _xmax_rms_after_training(tmp_path, 1500, 400, 3, {
+        "auger_transformer": ["model.temporal_dim=16", "model.temporal_heads=2", "model.temporal_depth=1",
+                              "model.dim=32", "model.num_heads=4", "model.depth=2", "model.pair_hidden=16",
+                              "model.head_hidden=32"]})
+    assert rms["auger_transformer"] < 0.9 * spread

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pipelines import TINY_PART, compose_train
+from test_pipelines import TINY_PART, cli_here, compose_train
 
 from physics_tf.cli import is_input_error, one_line
 from physics_tf.training.checkpoint_io import remove_stale_temporaries, save_checkpoint_atomically
@@ -103,8 +103,8 @@ def test_bad_config_is_one_line(args, expected, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_gpu_trainer_without_gpu_is_one_line(tmp_path):
-    res, _ = _cli(["experiment=jets_pfn", "trainer=gpu", f"hydra.run.dir={tmp_path}/run"])
+def test_gpu_trainer_without_gpu_is_one_line(tmp_path, monkeypatch, capsys):
+    res = cli_here(["experiment=jets_pfn", "trainer=gpu", f"hydra.run.dir={tmp_path}/run"], monkeypatch, capsys)
     assert res.returncode == 2
     assert _last_line(res) == ("physics_tf: error: trainer.accelerator=gpu with trainer.devices=1, but this machine "
                                "has 0 CUDA GPU(s); use trainer=cpu or trainer=ddp_cpu, or run on a GPU node")
@@ -125,11 +125,11 @@ def _tiny_run(data_dir: Path, out: Path, *extra: str) -> None:
                              "model.num_cls_layers=1", *extra], out))
 
 
-def test_checkpoint_of_another_model_is_one_line(data_dir, tmp_path):  # noqa: F811
+def test_checkpoint_of_another_model_is_one_line(data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     _tiny_run(data_dir, tmp_path / "part")  # a ParT checkpoint
     ckpt = tmp_path / "part" / "checkpoints" / "last.ckpt"
-    res, _ = _cli(["experiment=jets_pfn", f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}",
-                   f"hydra.run.dir={tmp_path}/pfn"])
+    res = cli_here(["experiment=jets_pfn", f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}",
+                     f"hydra.run.dir={tmp_path}/pfn"], monkeypatch, capsys)
     assert res.returncode == 2, res.stderr[-2000:]
     last = _last_line(res)
     assert last.startswith(f"physics_tf: error: {ckpt}: the checkpoint holds another network "
@@ -206,10 +206,10 @@ def test_cluster_helpers(monkeypatch):
 
 
 @pytest.mark.parametrize("experiment,task", [("auger_transformer", "regression"), ("lightcurves_gru", "classification")])
-def test_task_that_cannot_take_the_data_is_one_line(experiment, task, tmp_path):
+def test_task_that_cannot_take_the_data_is_one_line(experiment, task, tmp_path, monkeypatch, capsys):
     """The generic heads with an analysis' data module: one line naming task._target_, not a TypeError in Hydra."""
-    res, _ = _cli([f"experiment={experiment}", f"task={task}", f"paths.data_dir={tmp_path}",
-                   f"hydra.run.dir={tmp_path}/run"], timeout=120)
+    res = cli_here([f"experiment={experiment}", f"task={task}", f"paths.data_dir={tmp_path}",
+                     f"hydra.run.dir={tmp_path}/run"], monkeypatch, capsys)
     assert res.returncode == 2, res.stderr[-2000:]
     last = _last_line(res)
     assert last.startswith("physics_tf: error: <config>: field 'task._target_': task ") and "does not take" in last, last

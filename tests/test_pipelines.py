@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -113,6 +114,28 @@ def _cli(args: list[str], env_extra: dict[str, str] | None = None, timeout: int 
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def cli_here(args: list[str], monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``pipelines/train.py ARGS`` run in this process through the console script's entry point (the same
+    ``@hydra.main``, ``sys.argv`` as typed), for one-line errors that need no process of their own: without the
+    ~10 s of imports a new interpreter costs. Returns the exit status and what it printed, as :func:`_cli` does."""
+    import physics_tf.cli as cli
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # (the entry point sets it to 1; restored afterwards)
+    monkeypatch.setattr(sys, "argv", ["pipelines/train.py", *args])
+    capsys.readouterr()
+    GlobalHydra.instance().clear()
+    code = 0
+    try:
+        cli.train()
+    except SystemExit as err:
+        code = err.code
+    finally:
+        GlobalHydra.instance().clear()
+        logging.getLogger().handlers.clear()  # Hydra's file handler of the run
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
+
+
 def test_cli_train_from_command_line(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     res = _cli(["pipelines/train.py", "experiment=jets_demo", f"paths.data_dir={data_dir}", *FAST,
@@ -142,7 +165,7 @@ def test_ddp_two_cpu_processes(data_dir, tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_cli_error_from_dataloader_worker_is_one_line(tmp_path):
+def test_cli_error_from_dataloader_worker_is_one_line(tmp_path, monkeypatch, capsys):
     """A bad file read inside a DataLoader worker process still ends in one line naming file and field."""
     out = tmp_path / "data" / "generated" / "jets_demo"
     out.mkdir(parents=True)
@@ -150,8 +173,8 @@ def test_cli_error_from_dataloader_worker_is_one_line(tmp_path):
     p["part_px"] = p["part_px"] * float("nan")
     for split in ["train", "val", "test"]:
         write_jetclass_root(out / f"{split}_000.root", p, j, lab)
-    res = _cli(["pipelines/train.py", "experiment=jets_pfn", f"paths.data_dir={tmp_path / 'data'}", *FAST,
-                "data.num_workers=1", f"hydra.run.dir={tmp_path}/run"])
+    res = cli_here(["experiment=jets_pfn", f"paths.data_dir={tmp_path / 'data'}", *FAST, "data.num_workers=1",
+                    f"hydra.run.dir={tmp_path}/run"], monkeypatch, capsys)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("physics_tf: error: "), last

@@ -3,8 +3,9 @@
 The commands run in order, in one fresh directory, as a user would run them from a checkout: the generators write
 the data the trainings read, the trainings the run directories that evaluate, export and compare read. Training,
 evaluation, generation and export run in this process through the console scripts' own entry points (the same
-``@hydra.main`` with ``sys.argv`` as typed; a new interpreter per command would cost ~10 s of imports each);
-``compare`` runs through the shell, which expands its globs. tests/readme_commands.py says how the commands are read.
+``@hydra.main`` with ``sys.argv`` as typed; a new interpreter per command would cost ~10 s of imports each), and so
+does ``compare``, on the arguments the shell gives it (which expands their globs). tests/readme_commands.py says how
+the commands are read.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from readme_commands import ROOT, fill_placeholders, pipeline_of, readme_commands, tiny_overrides
+from readme_commands import ROOT, fill_placeholders, pipeline_of, readme_commands, tiny_model, tiny_overrides
 
 from conftest import synth_jetclass
 
@@ -79,10 +80,17 @@ def _run_in_process(name: str, argv: list[str], monkeypatch) -> None:
         logging.getLogger().handlers.clear()  # Hydra's file handler of the finished run
 
 
-def _run_in_shell(cmd: str, cwd: Path) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    res = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"exit status {res.returncode}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+def _run_compare(cmd: str, cwd: Path) -> None:
+    """``python pipelines/compare.py ARGS`` with ARGS expanded by the shell (its unquoted globs; quoted ones reach
+    compare.py as typed), then compare.py's ``main`` run in this process on them."""
+    from physics_tf.training.compare import main
+
+    res = subprocess.run(["bash", "-c", f'printf "%s\\0" {cmd}'], cwd=cwd, capture_output=True, text=True,
+                         timeout=60, check=True)
+    python, script, *args = res.stdout.split("\0")[:-1]
+    assert (python, script) == ("python", "pipelines/compare.py"), (python, script)
+    status = main(args)
+    assert status in (0, None), f"exit status {status}"
 
 
 def test_readme_commands_run(tmp_path, monkeypatch):
@@ -95,6 +103,10 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "pipelines").symlink_to(ROOT / "pipelines")
     _users_files(tmp_path)
+    import physics_tf.training.run as run
+
+    real_train = run.run_train  # every training (each point of a sweep too) builds its network tiny
+    monkeypatch.setattr(run, "run_train", lambda cfg: real_train(tiny_model(cfg)))
     timings = []
     for cmd in COMMANDS:
         if cmd.why_not:
@@ -104,7 +116,7 @@ def test_readme_commands_run(tmp_path, monkeypatch):
         try:
             if name == "compare":  # the shell expands its unquoted globs
                 words = [fill_placeholders(w, tmp_path) if "<" in w else w for w in cmd.text.split()]
-                _run_in_shell(" ".join(words), tmp_path)
+                _run_compare(" ".join(words), tmp_path)
             else:
                 argv = [fill_placeholders(a, tmp_path) for a in args] + tiny_overrides(name, args)
                 _run_in_process(name, argv, monkeypatch)
