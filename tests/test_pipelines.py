@@ -44,10 +44,29 @@ def compose_train(overrides: list[str], output_dir: Path, config_name: str = "tr
     return cfg
 
 
+def with_pretrained(cfg, tmp_path):
+    """A fine-tuning experiment's config with ``task.pretrained`` set to a network of its model config saved with
+    another head (4 classes), as a user's pre-training on more classes would leave it; other configs unchanged."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    if cfg.task.get("pretrained") != "required":
+        return cfg
+    datamodule = instantiate(cfg.data)
+    torch.manual_seed(1)
+    net = instantiate(cfg.model, **{**datamodule.model_dims, "num_classes": 4})
+    torch.save(net.state_dict(), tmp_path / "pretrained.pt")
+    with open_dict(cfg):
+        cfg.task.pretrained = str(tmp_path / "pretrained.pt")
+    return cfg
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_fast_dev_run(experiment, data_dir, tmp_path):
     wing = experiment.split("_")[0]
     cfg = compose_train([f"experiment={experiment}", f"paths.data_dir={data_dir}", *FAST, *FAST_DATA[wing]], tmp_path)
+    cfg = with_pretrained(cfg, tmp_path)
     assert cfg.experiment_name == experiment
     metrics = run_train(cfg)
     keys, plots = RESULTS[wing]
@@ -235,6 +254,7 @@ MID_EPOCH = {
     "jets_demo": [*JET_DATA, *TINY_PART],
     "jets_part": [*JET_DATA, *TINY_PART],
     "jets_part_plain": [*JET_DATA, *TINY_PART],
+    "jets_part_finetune": [*JET_DATA, *TINY_PART],  # task.pretrained: a saved network of the same size (with_pretrained)
     "jets_pfn": [*JET_DATA, "model.phi_dims=[16,16]", "model.f_dims=[16]"],
     "lightcurves_transformer": [*LIGHTCURVE_DATA, "model.dim=16", "model.num_heads=2", "model.num_layers=1"],
     "lightcurves_gru": [*LIGHTCURVE_DATA, "model.hidden=16"],
@@ -264,6 +284,9 @@ def test_resume_mid_epoch_equals_uninterrupted_run(experiment, data_dir, tmp_pat
     assert experiment in MID_EPOCH, f"give experiment={experiment} tiny overrides in MID_EPOCH"
     common = [f"experiment={experiment}", f"paths.data_dir={data_dir}", *MID_EPOCH[experiment], "trainer.max_epochs=2",
               "logger=none", "callbacks.progress_bar.refresh_rate=0", "test_ckpt=last"]
+    pretrained = with_pretrained(compose_train(common, tmp_path / "pre"), tmp_path).task.get("pretrained")
+    if pretrained:  # a fine-tuning experiment: both runs start from the same pretrained file (read by the first only)
+        common.append(f"task.pretrained={pretrained}")
     full_metrics = run_train(compose_train(common, tmp_path / "full"))
     full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     per_epoch = full["global_step"] // 2
