@@ -118,12 +118,34 @@ def section_pictures() -> str:
     return "\n\n".join(parts)
 
 
+def section_finetune() -> str:
+    """The fine-tuning gain table, from benchmarks/finetune_gain.py's JSON."""
+    f = _load("finetune.json")
+    pre, small, res = f["pretrain"], f["small_set"], f["results"]
+    lines = ["| ParT (`%s`) on %s top-vs-QCD training jets | AUC | 1/ε_B (ε_S = 50 %%) | 1/ε_B (ε_S = 30 %%) | "
+             "accuracy |" % (f["model"], f"{small['train_jets']:,}"), "|---|---|---|---|---|"]
+    for key, what in (("scratch", "from scratch"), ("finetuned", "fine-tuned")):
+        r = res[key]
+        lines.append(f"| {what} ({r['steps']} steps) | {r['auc']:.3f} | {r['rej50']:.1f} | {r['rej30']:.1f} | "
+                     f"{r['accuracy']:.3f} |")
+    load = f.get("load_average_1_5_15_min", {}).get("before", [float("nan")])[0]
+    note = (f"Pre-trained on {pre['train_jets']:,} generated jets of {len(pre['classes'])} classes "
+            f"({', '.join(c.removeprefix('label_') for c in pre['classes'])}) for {pre['epochs']} epoch"
+            f"{'s' if pre['epochs'] != 1 else ''} ({pre['steps']} steps, validation macro AUC "
+            f"{pre['val_auc_macro']:.3f}); fine-tuned with the head at lr {f['finetune']['lr_head']:g} and the "
+            f"backbone at {f['finetune']['lr_backbone']:g}; from scratch at lr {f['scratch']['lr']:g}; both tested on "
+            f"{small['test_jets']:,} held-out jets with their best checkpoint (validation AUC). One seed; load "
+            f"average {load:.1f} on the 2 cores. Made by `{f['command']}`.")
+    return "\n".join(lines) + "\n\n" + "\n".join(textwrap.wrap(note, 115))
+
+
 def _lines(command: str) -> str:
     """``a && b`` as two lines."""
     return "\n".join(part.strip() for part in command.split("&&"))
 
 
-SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures}
+SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures,
+            "finetune": section_finetune}
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(?:(.*?)\n)?(<!-- end generated: \2 -->)", re.S)
 
 
