@@ -142,13 +142,32 @@ def section_finetune() -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(textwrap.wrap(note, 115))
 
 
+def section_predict_speed() -> str:
+    """Prediction jets/s against weaver-core's --predict, from benchmarks/bench_predict.py's JSON files."""
+    lines = ["| ParT size | physics_tf | weaver-core | ratio (jets/s) | ratio (wall time, with start-up) | load |",
+             "|---|---|---|---|---|---|"]
+    runs = [_load(p.name) for p in sorted(FIGURES.glob("bench_predict_*.json"))]
+    for r in sorted(runs, key=lambda r: r["size"] != "small"):
+        ours, ref = r["physics_tf"], r["weaver-core"]
+        lines.append(f"| {r['size']} | {ours['jets_s']:.0f} jets/s | {ref['jets_s']:.0f} jets/s | "
+                     f"**{ours['jets_s'] / ref['jets_s']:.2f}×** | {ref['wall_s'] / ours['wall_s']:.2f}× | "
+                     f"{r['load_average_before'][0]:.1f} |")
+    r = runs[0]
+    note = (f"{r['files']} files × {r['jets_per_file']:,} synthetic JetClass jets, the same weights on both sides "
+            f"(scores agree to {max(x['max_abs_score_diff'] for x in runs):.0e}), batch {r['batch']}, "
+            f"{r['threads']} thread, {r['workers']} workers, ROOT output; each tool's own rate over its prediction "
+            f"loop (weaver-core's excludes writing the output, ours includes it). Made by "
+            f"`python benchmarks/bench_predict.py --threads 1 [--size paper] --json ...`.")
+    return "\n".join(lines) + "\n\n" + "\n".join(textwrap.wrap(note, 115))
+
+
 def _lines(command: str) -> str:
     """``a && b`` as two lines."""
     return "\n".join(part.strip() for part in command.split("&&"))
 
 
 SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures,
-            "finetune": section_finetune}
+            "finetune": section_finetune, "predict_speed": section_predict_speed}
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(?:(.*?)\n)?(<!-- end generated: \2 -->)", re.S)
 
 
