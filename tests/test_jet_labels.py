@@ -138,26 +138,11 @@ TINY = ["model=pfn", "trainer.max_epochs=1", "data.batch_size=32", "data.num_wor
         "data.pad_length=24", "logger=csv"]
 
 
-def _compose(overrides: list[str], output_dir: Path | None = None):
+def _compose(overrides: list[str], output_dir: Path):
     """The train config as ``pipelines/train.py <overrides>`` composes it (in process: no interpreter start-up)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from test_pipelines import compose_train
 
-    from physics_tf.config import config_dir
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    return cfg
+    return compose_train(overrides, output_dir)
 
 
 def test_own_tree_with_integer_labels_trains_by_config_alone(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import RegularPolygon
 
 from physics_tf.auger.geometry import ShowerGeometry
-from physics_tf.tasks.plots import class_styles, legend_outside, plot_style, save_figure
+from physics_tf.tasks.plots import plot_style, relative_attention_figure, save_figure
 from physics_tf.training.explain import AttentionBatch, BinnedMean, pick_examples, share
 
 __all__ = ["averages_figure", "core_and_axis", "explain_plots", "station_attention_figure"]
@@ -95,21 +95,9 @@ def station_attention_figure(xy: np.ndarray, real: np.ndarray, signal: np.ndarra
 
 
 def averages_figure(dist: BinnedMean, rank: BinnedMean, names: list[str], num_events: int) -> Figure:
-    fig = Figure(figsize=(20, 7.5), layout="constrained")
-    styles = class_styles(len(names))
-    for i, (acc, xlabel) in enumerate([(dist, "station distance to the core [1500 m]"),
-                                       (rank, "station signal rank (1 = largest)")]):
-        ax = fig.add_subplot(1, 2, i + 1)
-        mean, err = acc.mean(), acc.sem()
-        for c, name in enumerate(names):
-            if np.any(acc.count[c] > 0):
-                ax.errorbar(acc.centres, mean[c], yerr=err[c], label=name, marker="o", markersize=3, **styles[c])
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("relative class attention (1 = uniform)")
-        ax.set_title(f"mean over {num_events} events", fontsize="medium")
-        if i == 1:
-            legend_outside(ax, title="primary")
+    fig, _ = relative_attention_figure([(dist, "station distance to the core [1500 m]"),
+                                        (rank, "station signal rank (1 = largest)")], names, f"{num_events} events",
+                                       legend_title="primary")
     return fig
 
 

@@ -25,7 +25,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from physics_tf.lightcurves.io import BANDS
-from physics_tf.tasks.plots import class_styles, legend_outside, plot_style, save_figure
+from physics_tf.tasks.plots import plot_style, relative_attention_figure, save_figure
 from physics_tf.training.explain import AttentionBatch, BinnedMean, pick_examples, share
 
 __all__ = ["averages_figure", "explain_plots", "observation_attention_figure"]
@@ -55,22 +55,9 @@ def observation_attention_figure(time: np.ndarray, flux: np.ndarray, flux_err: n
 
 
 def averages_figure(time_acc: BinnedMean, band_acc: BinnedMean, names: list[str], num_objects: int) -> Figure:
-    fig = Figure(figsize=(20, 7.5), layout="constrained")
-    styles = class_styles(len(names))
-    for i, (acc, xlabel) in enumerate([(time_acc, "time from the brightest observation [days]"),
-                                       (band_acc, "passband")]):
-        ax = fig.add_subplot(1, 2, i + 1)
-        mean, err = acc.mean(), acc.sem()
-        for c, name in enumerate(names):
-            if np.any(acc.count[c] > 0):
-                ax.errorbar(acc.centres, mean[c], yerr=err[c], label=name, marker="o", markersize=3, **styles[c])
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("relative class attention (1 = uniform)")
-        ax.set_title(f"mean over {num_objects} objects", fontsize="medium")
-        if i == 1:
-            ax.set_xticks(range(len(BANDS)), BANDS)
-            legend_outside(ax)
+    fig, axes = relative_attention_figure([(time_acc, "time from the brightest observation [days]"),
+                                           (band_acc, "passband")], names, f"{num_objects} objects")
+    axes[1].set_xticks(range(len(BANDS)), BANDS)
     return fig
 
 

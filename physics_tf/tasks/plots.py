@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.style
@@ -29,7 +30,7 @@ from matplotlib.figure import Figure
 from physics_tf.data.atomic import atomic_path
 from physics_tf.tasks.metrics import check_probs_labels, confusion_matrix, per_class_auc, roc_curve
 
-__all__ = ["PALETTE", "class_styles", "confusion_matrix_figure", "legend_outside", "plot_confusion_matrix",
+__all__ = ["PALETTE", "class_styles", "confusion_matrix_figure", "legend_outside", "relative_attention_figure", "plot_confusion_matrix",
            "plot_residuals", "plot_roc_curves", "plot_style", "plot_training_curves", "residuals_figure",
            "roc_curves_figure", "save_figure", "training_curves_figure", "with_unit"]
 
@@ -65,6 +66,31 @@ def legend_outside(ax: Axes, title: str | None = None, **kwargs):
     """The axes' legend to the right of them, outside the data (``save_figure`` keeps it in the PNG)."""
     kwargs = {"fontsize": "x-small", "title_fontsize": "x-small", **kwargs}
     return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title=title, **kwargs)
+
+
+def relative_attention_figure(panels: Sequence[tuple[Any, str]], class_names: Sequence[str], subject: str,
+                              legend_title: str | None = None) -> tuple[Figure, list[Axes]]:
+    """Side-by-side panels of the mean relative attention (1 = uniform) per class against a per-element quantity.
+
+    ``panels``: (accumulator, x label) pairs; an accumulator has ``centres`` (X,), ``count`` (C, X), ``mean()`` and
+    ``sem()`` (C, X) (:class:`physics_tf.training.explain.BinnedMean`). ``subject`` names what was averaged over
+    (e.g. "512 events"). The legend goes right of the last panel; the axes are returned for ticks."""
+    fig = Figure(figsize=(10 * len(panels), 7.5), layout="constrained")
+    styles = class_styles(len(class_names))
+    axes = []
+    for i, (acc, xlabel) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        mean, err = acc.mean(), acc.sem()
+        for c, name in enumerate(class_names):
+            if np.any(acc.count[c] > 0):
+                ax.errorbar(acc.centres, mean[c], yerr=err[c], label=name, marker="o", markersize=3, **styles[c])
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("relative class attention (1 = uniform)")
+        ax.set_title(f"mean over {subject}", fontsize="medium")
+        axes.append(ax)
+    legend_outside(axes[-1], title=legend_title)
+    return fig, axes
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
