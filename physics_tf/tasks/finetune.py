@@ -40,7 +40,6 @@ from physics_tf.nn.state_keys import rename_legacy_key
 __all__ = ["FineTuning", "blocks", "check_lr_mult", "freeze", "head_prefixes", "is_head", "load_backbone",
            "read_pretrained"]
 
-NET_PREFIX = "net."  # a task holds its network as ``self.net``
 KEY = "task.pretrained"
 # an experiment that needs a pretrained network sets ``task.pretrained: required`` (OmegaConf cannot make a key
 # mandatory again, ``???``, once the task config has given it a value): the task then refuses to be built
@@ -129,6 +128,7 @@ def read_pretrained(path: str | Path, net: nn.Module) -> dict[str, Tensor]:
     """The network state dict stored in ``path``: a physics_tf checkpoint's ``net.*`` entries, or a plain state dict
     (through the model's ``convert_foreign_state_dict`` where it has one); DataError (one line) otherwise."""
     from physics_tf.training import checkpoints
+    from physics_tf.training.legacy import upgrade_checkpoint
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -142,12 +142,13 @@ def read_pretrained(path: str | Path, net: nn.Module) -> dict[str, Tensor]:
         raise DataError(path, f"not a checkpoint or state dict (a {type(raw).__name__})", KEY)
     if isinstance(raw.get("state_dict"), Mapping):  # a Lightning checkpoint: the task's network
         try:
-            checkpoint = checkpoints.load_checkpoint(path)  # upgraded if written before the wings
-        except checkpoints.CheckpointError as err:
-            raise DataError(path, str(err).removeprefix(f"{path}: "), KEY) from None
-        state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
+            checkpoint = upgrade_checkpoint(dict(raw))  # upgraded if written before the wings (read once, above)
+        except ValueError as err:
+            raise DataError(path, str(err), KEY) from None
+        state = checkpoints.network_state(checkpoint)
         if not state:
-            raise DataError(path, f"the checkpoint holds no network weights ('{NET_PREFIX}*' entries)", KEY)
+            raise DataError(path, f"the checkpoint holds no network weights ('{checkpoints.NET_PREFIX}*' entries)",
+                            KEY)
         return state
     if not raw or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in raw.items()):
         raise DataError(path, "neither a physics_tf checkpoint nor a state dict of tensors", KEY)

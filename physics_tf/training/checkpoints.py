@@ -25,7 +25,7 @@ from physics_tf.training.resolvers import peek_checkpoint
 
 log = logging.getLogger("physics_tf")
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_run_config", "resolve_ckpt_path", "check_checkpoint_matches"]
+__all__ = ["CheckpointError", "NET_PREFIX", "load_checkpoint", "network_state", "load_run_config", "resolve_ckpt_path", "check_checkpoint_matches"]
 
 
 class CheckpointError(ValueError):
@@ -52,6 +52,16 @@ def load_checkpoint(path: str | Path, net: nn.Module | None = None) -> dict[str,
         return upgrade_checkpoint(checkpoint, net=net)
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
+
+
+NET_PREFIX = "net."  # the tasks hold the network as ``self.net``
+
+
+def network_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's state dict inside a (loaded) Lightning checkpoint of a task: its ``net.*`` entries, unprefixed
+    (empty when it has none)."""
+    state = checkpoint.get("state_dict") or {}
+    return {k[len(NET_PREFIX):]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
 
 
 def _last_checkpoints(run_dir: Path) -> list[Path]:

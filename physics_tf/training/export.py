@@ -53,7 +53,6 @@ __all__ = ["ExportError", "load_checkpoint", "build_network", "example_inputs", 
 
 DEFAULT_OPSET = 17
 METADATA_PREFIX = "physics_tf."
-NET_PREFIX = "net."  # the tasks hold the network as ``self.net``
 
 
 class ExportError(DataError):
@@ -81,10 +80,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]
     config = checkpoint[CONFIG_KEY]
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise ExportError(path, "the stored run config has no 'model' and 'data' sections", CONFIG_KEY)
-    state = checkpoint.get("state_dict") or {}
-    net_state = {k[len(NET_PREFIX):]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
+    net_state = checkpoints.network_state(checkpoint)
     if not net_state:
-        raise ExportError(path, f"no network weights ('{NET_PREFIX}*' entries)", "state_dict")
+        raise ExportError(path, f"no network weights ('{checkpoints.NET_PREFIX}*' entries)", "state_dict")
     return config, net_state
 
 
