@@ -51,13 +51,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from physics_tf.auger.io import OBSERVERS, AugerEventFile, observer_values
 from physics_tf.auger.schema import ALTITUDE, HEIGHT_UNIT, LN_A, PRIMARIES, SPACING, STATION_FIELDS
 from physics_tf.data.errors import ConfigError, DataError, MissingFieldError
 from physics_tf.data.loaders import StreamingDataModule
-from physics_tf.data.streaming import batches_per_rank, expand_files
+from physics_tf.data.streaming import batches_per_rank, expand_files, worker_slot
 from physics_tf.auger import export as wing_export
 
 __all__ = ["AugerDataset", "AugerDataModule", "AugerPredictDataset", "augment_events", "model_batch", "to_batch",
@@ -240,9 +240,7 @@ class AugerDataset(IterableDataset):
             pending = {k: v[stop:] for k, v in raw.items()} if stop < n else None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.iter_worker(wid, nw)
+        return self.iter_worker(*worker_slot())
 
 
 # ---------------------------------------------------------------------------------------------- prediction
@@ -271,8 +269,7 @@ class AugerPredictDataset(IterableDataset):
         return len(self.batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        wid, nw = worker_slot()
         fields = tuple(STATION_FIELDS) + tuple(dict.fromkeys(OBSERVERS[o] for o in self.observers))
         current = None
         for i, a, b in self.batches[wid::nw]:

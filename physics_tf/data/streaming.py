@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from physics_tf.data.errors import DataError
 from physics_tf.data.manifest import check_directory
 
-__all__ = ["Piece", "expand_files", "batches_per_rank"]
+__all__ = ["Piece", "expand_files", "batches_per_rank", "worker_slot"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,12 @@ def batches_per_rank(n_entries: int, world_size: int, batch_size: int, drop_last
 
 def _split_evenly(total: int, parts: int, i: int) -> int:
     return total // parts + (i < total % parts)
+
+
+def worker_slot() -> tuple[int, int]:
+    """(worker id, number of workers) of the DataLoader worker this runs in; (0, 1) in the main process. A worker w
+    of W that takes items w, w + W, … yields them in the order the DataLoader's round robin collects them."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)

@@ -23,11 +23,11 @@ import awkward as ak
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from physics_tf.data.errors import ConfigError, DataError
 from physics_tf.data.loaders import StreamingDataModule
-from physics_tf.data.streaming import expand_files
+from physics_tf.data.streaming import expand_files, worker_slot
 from physics_tf.jets.dataset import JetIterableDataset, build_pieces
 from physics_tf.jets.features import JetDataConfig, chunk_to_arrays
 from physics_tf.jets.metrics import find_class
@@ -253,8 +253,7 @@ class JetPredictDataset(IterableDataset):
         self.branches = cfg.needed_branches(labels=False) | set(self.observers)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        worker, workers = worker_slot()
         for u in range(worker, math.ceil(self.num_entries / self.unit), workers):
             yield self.read_unit(u)
 

@@ -52,10 +52,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from physics_tf.data.errors import DataError, EmptyFileError
-from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank
+from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank, worker_slot
 from physics_tf.jets.features import JetDataConfig, chunk_to_arrays
 from physics_tf.jets.readers import make_reader
 
@@ -315,7 +315,4 @@ class JetIterableDataset(IterableDataset):
                       stats["dropped_no_particles"])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        if info is None:
-            return self.iter_worker(0, 1)
-        return self.iter_worker(info.id, info.num_workers)
+        return self.iter_worker(*worker_slot())

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from physics_tf.data.errors import DataError
+from physics_tf.data.streaming import worker_slot
 from physics_tf.lightcurves.dataset import LabelLookup, check_float32, collate_lightcurves, meta_matrix, object_item
 from physics_tf.lightcurves.hdf5 import H5_FORMAT, read_lightcurves_h5
 from physics_tf.lightcurves.io import LightCurves
@@ -174,9 +175,7 @@ class LightCurveStream(IterableDataset):
                 h.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.iter_worker(wid, nw)
+        return self.iter_worker(*worker_slot())
 
 
 def _slice(parts: list[tuple[int, int, LightCurves]], a: int, b: int) -> list[tuple[int, int, LightCurves]]:
