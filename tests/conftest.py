@@ -99,6 +99,19 @@ def data_dir(tmp_path_factory):
                                   lightcurves=(24, 12, 24), auger=(80, 16, 16))
 
 
+def write_generated_jets(root, jets: int, max_particles: int):
+    """generated/jets_demo/{train,val,test}_000.root under ``root``: ``jets`` synthetic QCD/top jets each (seeds
+    0, 1, 2), as the jet generator lays them out; returns ``root``."""
+    from physics_tf.jets.writers import write_jetclass_root
+
+    out = root / "generated" / "jets_demo"
+    out.mkdir(parents=True)
+    for i, split in enumerate(["train", "val", "test"]):
+        p, j, lab = synth_jetclass(jets, seed=i, classes=(0, 8), max_particles=max_particles)
+        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    return root
+
+
 def write_generated_layout(root, jets: int, max_particles: int, lightcurves: tuple[int, int, int],
                            auger: tuple[int, int, int]):
     """Tiny data laid out under ``root`` as the generators lay it out: generated/jets_demo/{train,val,test}_000.root
@@ -107,14 +120,9 @@ def write_generated_layout(root, jets: int, max_particles: int, lightcurves: tup
     from omegaconf import OmegaConf
 
     from physics_tf.auger.simulate import run_generate
-    from physics_tf.jets.writers import write_jetclass_root
     from physics_tf.lightcurves.simulate import write_dataset
 
-    out = root / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(jets, seed=i, classes=(0, 8), max_particles=max_particles)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    write_generated_jets(root, jets, max_particles)
     write_dataset(root / "generated" / "lightcurves_sim", dict(zip(("train", "val", "test"), lightcurves)), seed=1,
                   csv=False)
     n_train, n_val, n_test = auger

@@ -21,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 from physics_tf.training.export import (ExportError, build_network, example_inputs, export_onnx,  # noqa: E402
                                load_checkpoint, onnx_feed, run_export)
 
-from conftest import synth_jetclass  # noqa: E402
+from conftest import write_generated_jets  # noqa: E402
 from test_pipelines import compose_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,15 +86,10 @@ def test_a_data_module_without_export_hooks_is_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A ParT trained for 2 batches on tiny generated jets, with checkpoints (fast_dev_run writes none)."""
-    from physics_tf.jets.writers import write_jetclass_root
     from physics_tf.training.run import run_train
 
     root = tmp_path_factory.mktemp("export")
-    out = root / "data" / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(48, seed=i, classes=(0, 8), max_particles=20)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    write_generated_jets(root / "data", 48, max_particles=20)
     overrides = [*MODELS["part"], f"paths.data_dir={root / 'data'}", "data.batch_size=16", "data.shuffle_buffer=32",
                  "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                  "test=false", "logger=none"]

@@ -157,16 +157,12 @@ def jets(tmp_path_factory):
     test jets again without label branches, one of them with no particle."""
     import awkward as ak
 
-    from conftest import synth_jetclass
+    from conftest import synth_jetclass, write_generated_jets
     from physics_tf.jets.writers import write_jetclass_root
     from physics_tf.training.run import run_train
 
     root = tmp_path_factory.mktemp("jets")
-    out = root / "data" / "generated" / "jets_demo"
-    out.mkdir(parents=True)
-    for i, split in enumerate(["train", "val", "test"]):
-        p, j, lab = synth_jetclass(60, seed=i, classes=(0, 8), max_particles=16)
-        write_jetclass_root(out / f"{split}_000.root", p, j, lab)
+    out = write_generated_jets(root / "data", 60, max_particles=16) / "generated" / "jets_demo"
     run_train(compose_train(["experiment=jets_demo", *MID_EPOCH["jets_demo"], f"paths.data_dir={root / 'data'}",
                              "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                              "logger=none"], root / "run"))
