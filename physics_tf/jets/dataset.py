@@ -7,7 +7,11 @@ entries using only the file metadata (``num_entries``). Each epoch the pieces ar
 virtual sequence of N entries (train: piece order shuffled with ``(seed, epoch)``, identical on every rank;
 val/test: file order). The sequence is split into one contiguous *span per DDP rank*, and each rank's span
 into one contiguous *region per DataLoader worker*, sized in whole batches. So every jet is read by exactly
-one (rank, worker) per epoch, and only one chunk plus the shuffle buffer are resident in a worker.
+one (rank, worker) per epoch. A worker reads piece by piece (a read never splits a piece, so no basket is inflated
+twice; a file stays open across its consecutive pieces), in a background thread ``prefetch`` chunks ahead; only
+those chunks plus the shuffle buffer are resident in a worker, all of them unpadded
+(:class:`~physics_tf.jets.features.FlatJets`: each jet's particles, up to ``pad_length``, laid end to end). Each
+batch is gathered from the buffer and padded once, into two buffers (shared memory in a DataLoader worker).
 
 Equal batch counts under DDP (documented choice)
 ------------------------------------------------
@@ -48,15 +52,14 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from physics_tf.data.errors import DataError, EmptyFileError
-from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank, worker_slot
-from physics_tf.jets.features import JetDataConfig, chunk_to_arrays
+from physics_tf.data.streaming import Piece, _split_evenly, batches_per_rank, prefetched, worker_slot
+from physics_tf.jets.features import FlatBuffer, FlatJets, JetDataConfig, chunk_to_flat
 from physics_tf.jets.readers import make_reader
 
 __all__ = ["build_pieces", "JetIterableDataset"]
@@ -64,16 +67,6 @@ __all__ = ["build_pieces", "JetIterableDataset"]
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 1024  # DataLoader workers per rank whose dropped-jet counts are kept (one shared slot each)
-
-
-class _Jets(NamedTuple):
-    """Surviving jets of a chunk: :class:`ChunkArrays` plus their entry over the split."""
-
-    x: np.ndarray  # (N, P, C) float32
-    v: np.ndarray  # (N, P, 4) float32
-    mask: np.ndarray  # (N, P) bool
-    y: np.ndarray  # (N,) int64
-    index: np.ndarray  # (N,) int64, file offset + entry
 
 
 def build_pieces(files: Sequence[str], cfg: JetDataConfig) -> list[Piece]:
@@ -110,11 +103,14 @@ class JetIterableDataset(IterableDataset):
         DDP position of this process (can be changed with :meth:`set_distributed` before iterating).
     pieces
         Precomputed pieces (else computed from metadata).
+    prefetch
+        Chunks read ahead by a background thread of each worker (0: read in the consuming thread); the batches
+        are the same either way.
     """
 
     def __init__(self, cfg: JetDataConfig, files: Sequence[str], batch_size: int, *, train: bool,
                  shuffle_buffer: int = 10_000, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pieces: Sequence[Piece] | None = None):
+                 pieces: Sequence[Piece] | None = None, prefetch: int = 1):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,6 +120,7 @@ class JetIterableDataset(IterableDataset):
         self.train = bool(train)
         self.shuffle_buffer = max(0, int(shuffle_buffer))
         self.seed = int(seed)
+        self.prefetch = max(0, int(prefetch))
         self.pieces = list(pieces) if pieces is not None else build_pieces(self.files, cfg)
         self.num_entries = sum(p.size for p in self.pieces)
         # entry of each file's first jet over the split (files in split order): aux_index = offset + entry
@@ -198,27 +195,30 @@ class JetIterableDataset(IterableDataset):
 
     # ------------------------------------------------------------------ iteration
     def _read(self, seq: list[Piece], cum: np.ndarray, pos: int, length: int, stats: dict | None,
-              slot: int | None = None):
-        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as :class:`_Jets`; with
-        ``stats``, the worker's running count of jets dropped for zero particles goes to its shared ``slot``."""
+              slot: int | None, held: dict):
+        """Read virtual entries ``[pos, pos + length)`` (inside one rank span, no wrap) as :class:`FlatJets` whose
+        ``entries`` are the entries over the split; with ``stats``, the worker's running count of jets dropped for
+        zero particles goes to its shared ``slot``. ``held``: the reader of the file read last, kept open."""
         while length > 0:
             i = bisect.bisect_right(cum, pos) - 1
             piece = seq[i]
             s = piece.start + (pos - int(cum[i]))
             e = min(piece.stop, s + length)
-            reader = make_reader(piece.file, self.cfg)
+            reader = held.get(piece.file)
+            if reader is None:
+                _close(held)
+                reader = held[piece.file] = make_reader(piece.file, self.cfg).__enter__()
             cur = s
             for chunk in reader.iterate(s, e, step_size=self.cfg.chunk_size):
-                ca, entries = chunk_to_arrays(chunk, self.cfg, source=piece.file, entry_start=cur, stats=stats,
-                                              return_entries=True)
+                jets = chunk_to_flat(chunk, self.cfg, source=piece.file, entry_start=cur, stats=stats)
                 if stats is not None and slot is not None:
                     self._dropped[slot] = stats.get("dropped_no_particles", 0)
-                yield _Jets(*ca, entries + self.file_offsets[piece.file])
+                yield jets._replace(entries=jets.entries + self.file_offsets[piece.file])
                 cur += len(chunk)
             length -= e - s
             pos += e - s
 
-    def _worker_chunks(self, epoch: int, worker_id: int, num_workers: int, stats: dict) -> Iterator[_Jets]:
+    def _worker_chunks(self, epoch: int, worker_id: int, num_workers: int, stats: dict) -> Iterator[FlatJets]:
         """Survivor chunks of this worker, exactly ``quota`` jets in total.
 
         ``stats`` counts the worker's own region only (entries ``offset`` to ``offset + quota`` of the span, up to
@@ -232,19 +232,31 @@ class JetIterableDataset(IterableDataset):
             return
         seq = self._epoch_pieces(epoch)
         cum = np.concatenate([[0], np.cumsum([p.size for p in seq])])
-        need, read, kept_total, warned = quota, 0, 0, False
         own = max(0, min(quota, span_size - offset))  # entries of this worker's own region
         pos = offset % span_size
+        held: dict = {}  # the open reader of the current file
+        try:
+            yield from self._region(seq, cum, span_start, span_size, pos, quota, own, stats, worker_id, held)
+        finally:
+            _close(held)
+
+    def _region(self, seq, cum, span_start, span_size, pos, quota, own, stats, worker_id, held) -> Iterator[FlatJets]:
+        """:meth:`_worker_chunks` from the worker's first entry ``pos`` of its span on (``own``: its region's size)."""
+        need, read, kept_total, warned = quota, 0, 0, False
         while need > 0:
-            length = min(self.cfg.chunk_size, need, span_size - pos)
+            # up to the end of the current piece: every read is (part of) one piece, one file range, so no basket
+            # is decompressed twice by reads that split it
+            piece_left = int(cum[bisect.bisect_right(cum, span_start + pos)]) - (span_start + pos)
+            length = min(self.cfg.chunk_size, need, span_size - pos, piece_left)
             if read < own:
                 length = min(length, own - read)
-            for ca in self._read(seq, cum, span_start + pos, length, stats if read < own else None, worker_id):
+            for ca in self._read(seq, cum, span_start + pos, length, stats if read < own else None, worker_id,
+                                 held):
                 n = min(len(ca.y), need)
                 if n and n == need:  # the worker's last chunk: log the counts now, Lightning never resumes it
                     self._log_dropped(stats, worker_id)
                 if n:
-                    yield _Jets(*(a[:n] for a in ca))
+                    yield ca if n == len(ca.y) else ca.head(n)
                 need -= n
                 kept_total += n
             read += length
@@ -258,51 +270,68 @@ class JetIterableDataset(IterableDataset):
                 raise DataError(seq[0].file, f"no jet of entries {span_start}-{span_start + span_size} survives "
                                 "the labels/selection", "labels")
 
-    def _to_batch(self, x, v, mask, y, index) -> dict[str, torch.Tensor]:
-        return {"x": torch.from_numpy(np.ascontiguousarray(x)),  # (B, P, C) float32
-                "v": torch.from_numpy(np.ascontiguousarray(v)),  # (B, P, 4) float32
-                "mask": torch.from_numpy(np.ascontiguousarray(mask)),  # (B, P) bool
-                "y": torch.from_numpy(np.ascontiguousarray(y)),  # (B,) int64
-                "aux_index": torch.from_numpy(np.ascontiguousarray(index))}  # (B,) int64, entry over the split
+    def _batch(self, jets: FlatBuffer, sel: np.ndarray, shared: bool) -> dict[str, torch.Tensor]:
+        """The padded batch of the jets ``sel``, written once into two buffers: x, v and mask are views of one, y and
+        aux_index of another (small: a consumer that keeps them keeps only that one). In a DataLoader worker the
+        buffers are allocated in shared memory, so handing the batch over copies nothing and passes 2 file
+        descriptors instead of one per tensor."""
+        B, P, C = len(sel), self.cfg.pad_length, self.cfg.num_features
+        nx, nv = B * P * C * 4, B * P * 4 * 4
+        big, small = _zeroed(nx + nv + B * P, shared), _zeroed(16 * B, shared)
+        batch = {"x": big[:nx].view(torch.float32).view(B, P, C),  # (B, P, C) float32
+                 "v": big[nx:nx + nv].view(torch.float32).view(B, P, 4),  # (B, P, 4) float32 (px, py, pz, E)
+                 "mask": big[nx + nv:].view(torch.bool).view(B, P),  # (B, P) bool
+                 "y": small[:8 * B].view(torch.int64),  # (B,) int64
+                 "aux_index": small[8 * B:].view(torch.int64)}  # (B,) int64, entry over the split
+        jets.batch(sel, P, out=[t.numpy() for t in batch.values()])
+        return batch
 
     def iter_worker(self, worker_id: int = 0, num_workers: int = 1, epoch: int | None = None
                     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of one (worker_id, num_workers) on this rank; ``__iter__`` calls it with the real worker."""
+        """Batches of one (worker_id, num_workers) on this rank; ``__iter__`` calls it with the real worker.
+
+        The shuffle buffer holds unpadded jets (:class:`~physics_tf.jets.features.FlatJets`); each batch is gathered
+        from it through the epoch's permutation and padded once. With ``prefetch`` the chunks are read, decompressed
+        and turned into features by a background thread, that many chunks ahead of this one.
+        """
         epoch = self.epoch if epoch is None else int(epoch)
         gid = self.rank * num_workers + worker_id
         rng = np.random.default_rng([self.seed, epoch, gid, 1])
         bs = self.batch_size
+        shared = get_worker_info() is not None  # batches go to the main process
         keep = self.shuffle_buffer if self.train else 0
-        buf: list[_Jets] = []
+        buf: list[FlatJets] = []
         buffered = 0
         stats: dict = {}
 
         def drain(final: bool):
             nonlocal buf, buffered
-            arrs = [np.concatenate([getattr(c, f) for c in buf]) if len(buf) > 1 else getattr(buf[0], f)
-                    for f in _Jets._fields]
-            buf = []  # the concatenation holds the data now: let the chunks go
-            # train: gather each batch (and the kept rest) through the permutation instead of permuting a whole
-            # copy of the buffer first — the same batches, one buffer-sized copy less at the memory peak
-            order = rng.permutation(buffered) if self.train else None
+            jets = FlatBuffer(buf)  # the chunks under one index, not concatenated
+            buf = []
+            # train: gather each batch (and the kept rest) through the permutation, padding only the batch
+            order = rng.permutation(buffered) if self.train else np.arange(buffered)
             n_out = math.ceil(buffered / bs) if final else max(0, (buffered - keep) // bs)
             for k in range(n_out):
-                sel = slice(k * bs, (k + 1) * bs) if order is None else order[k * bs:(k + 1) * bs]
-                yield self._to_batch(*(a[sel] for a in arrs))
+                yield self._batch(jets, order[k * bs:(k + 1) * bs], shared)
             used = min(n_out * bs, buffered)
             if buffered - used:
-                rest = slice(used, None) if order is None else order[used:]
-                buf = [_Jets(*(a[rest] for a in arrs))]
-            del arrs
+                # the rest, compacted in buffer order (the next drain permutes it again): the chunks it came from
+                # are let go
+                buf = [jets.take(np.sort(order[used:]))]
+            del jets
             buffered -= used
 
-        for ca in self._worker_chunks(epoch, worker_id, num_workers, stats):
-            buf.append(ca)
-            buffered += len(ca.y)
-            if buffered >= keep + bs:
-                yield from drain(final=False)
-        if buffered:
-            yield from drain(final=True)
+        chunks = prefetched(self._worker_chunks(epoch, worker_id, num_workers, stats), self.prefetch)
+        try:
+            for ca in chunks:
+                buf.append(ca)
+                buffered += len(ca.y)
+                if buffered >= keep + bs:
+                    yield from drain(final=False)
+            if buffered:
+                yield from drain(final=True)
+        finally:
+            chunks.close()  # a consumer that stops early also stops the reading thread
 
     def _log_dropped(self, stats: dict, worker_id: int) -> None:
         """The epoch's dropped-jet counts of this worker (its own region: complete once its quota is filled); the
@@ -316,3 +345,19 @@ class JetIterableDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self.iter_worker(*worker_slot())
+
+
+def _zeroed(nbytes: int, shared: bool) -> torch.Tensor:
+    """(nbytes,) uint8 zeros; with ``shared`` in new shared memory (zero-filled by the system: no memset, and the
+    DataLoader's hand-over to the main process then copies nothing)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if shared and new_shared is not None:
+        return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes))
+    return torch.from_numpy(np.zeros(nbytes, np.uint8))  # calloc: pages zeroed as first touched, not memset
+
+
+def _close(held: dict) -> None:
+    """Close the readers held open and forget them."""
+    for reader in held.values():
+        reader.__exit__(None, None, None)
+    held.clear()

@@ -108,6 +108,8 @@ class Expression:
     ----------
     names : frozenset[str]
         Free names of the expression (branches / variables it reads).
+    calls : frozenset[str]
+        The functions it calls (``"sum"`` needs the jagged per-jet structure; the others work on flat arrays).
     """
 
     def __init__(self, source: str, where: str):
@@ -140,6 +142,8 @@ class Expression:
                 if not parent_is_attr:
                     names.add(node.id)
         self.names = frozenset(names)
+        self.calls = frozenset(n.func.id if isinstance(n.func, ast.Name) else n.func.attr
+                               for n in ast.walk(tree) if isinstance(n, ast.Call))
         tree = ast.fix_missing_locations(_ElementWise().visit(tree))
         self._code = compile(tree, f"<{where}>", "eval")
 

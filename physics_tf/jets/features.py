@@ -1,4 +1,6 @@
 """The jet data config (built from ``conf/data/*.yaml``) and the transform of a file chunk into padded arrays.
+Longer than 400 lines because the transform is one pipeline over one config (labels, selection, the expressions
+evaluated on the flat particle content, the unpadded jets and the padded batches built from them), kept together.
 
 A feature is defined weaver-core style (Qu et al., weaver-core ``data/config.py``)::
 
@@ -214,6 +216,114 @@ class ChunkArrays(NamedTuple):
     y: np.ndarray  # (N,) int64 class index (−1 when read without labels)
 
 
+class FlatJets(NamedTuple):
+    """Jets unpadded: the particles of every jet (its first ``pad_length``) laid end to end, padded only when a batch
+    is built (:func:`pad_jets`). A shuffle buffer of these holds ~P / mean multiplicity times less than padded jets."""
+
+    x: np.ndarray  # (M, C) float32, M = counts.sum()
+    v: np.ndarray  # (M, 4) float32 (px, py, pz, E)
+    counts: np.ndarray  # (N,) int64 particles kept per jet (1 ... P)
+    y: np.ndarray  # (N,) int64 class index (−1 when read without labels)
+    entries: np.ndarray  # (N,) int64 entry of each jet (in its file; the dataset makes it the entry over the split)
+
+    def head(self, n: int) -> "FlatJets":
+        """The first ``n`` jets (views, no copy)."""
+        m = int(self.counts[:n].sum())
+        return FlatJets(self.x[:m], self.v[:m], self.counts[:n], self.y[:n], self.entries[:n])
+
+
+class FlatBuffer:
+    """The jets of several :class:`FlatJets` under one jet index ``0 … N-1``, their particles left where they are
+    (no concatenation): :meth:`take` gathers any selection of them into one compact :class:`FlatJets`."""
+
+    def __init__(self, parts: Sequence[FlatJets]):
+        self.parts = [p for p in parts if len(p.y)]
+        self.first = np.cumsum([0, *(len(p.y) for p in self.parts)])  # first jet of each part
+        cat = (lambda f: np.concatenate([getattr(p, f) for p in self.parts]) if self.parts  # noqa: E731
+               else np.zeros(0, np.int64))
+        self.counts, self.y, self.entries = cat("counts"), cat("y"), cat("entries")
+        # row of each jet's first particle in its own part
+        self.starts = (np.concatenate([np.cumsum(p.counts) - p.counts for p in self.parts]) if self.parts
+                       else np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return int(self.first[-1])
+
+    def _sources(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+        """``(counts, within, groups)`` of the jets ``sel``: their particle counts, each particle's place in its jet,
+        and for each part holding some of them ``(part, positions among the selection's particles, rows in part)``."""
+        counts = self.counts[sel]
+        src, within = _ranges(self.starts[sel], counts)
+        if len(self.parts) == 1:
+            return counts, within, [(self.parts[0], slice(None), src)]
+        part_of = np.repeat(np.searchsorted(self.first, sel, side="right") - 1, counts)
+        groups = []
+        for k, part in enumerate(self.parts):
+            pos = np.flatnonzero(part_of == k)
+            if len(pos):
+                groups.append((part, pos, src[pos]))
+        return counts, within, groups
+
+    def take(self, sel: np.ndarray) -> FlatJets:
+        """The jets ``sel`` (indices, increasing), in that order, their particles copied into new compact arrays:
+        each part's jets are one run of the result, gathered in increasing row order."""
+        counts = self.counts[sel]
+        src, _ = _ranges(self.starts[sel], counts)  # rows in each jet's own part
+        x = np.empty((len(src), self.parts[0].x.shape[1]), np.float32)
+        v = np.empty((len(src), 4), np.float32)
+        ends = np.cumsum(counts)
+        cut = np.searchsorted(sel, self.first)  # the part boundaries within sel
+        for k, part in enumerate(self.parts):
+            lo, hi = (int(ends[j - 1]) if j else 0 for j in cut[k:k + 2])
+            if hi > lo:
+                np.take(part.x, src[lo:hi], axis=0, out=x[lo:hi])
+                np.take(part.v, src[lo:hi], axis=0, out=v[lo:hi])
+        return FlatJets(x, v, counts, self.y[sel], self.entries[sel])
+
+    def batch(self, sel: np.ndarray, pad_length: int, out: Sequence[np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`pad_jets` of the jets ``sel`` (each of at most ``pad_length`` particles, as :func:`chunk_to_flat`
+        keeps them), each particle row copied once, from its part straight to its place; into ``out`` =
+        ``(x, v, mask, y, entries)`` of those shapes (x and v zero-filled) when given."""
+        P, C = int(pad_length), self.parts[0].x.shape[1]
+        counts, within, groups = self._sources(sel)
+        B = len(counts)
+        if out is None:
+            out = (np.zeros((B, P, C), np.float32), np.zeros((B, P, 4), np.float32), np.empty((B, P), bool),
+                   np.empty(B, np.int64), np.empty(B, np.int64))
+        dest = np.repeat(np.arange(B) * P, counts) + within  # row of the flattened (B·P) particle axis
+        x, v = out[0].reshape(B * P, C), out[1].reshape(B * P, 4)
+        for part, pos, rows in groups:
+            d = dest[pos]
+            x[d], v[d] = part.x[rows], part.v[rows]
+        np.less(np.arange(P), counts[:, None], out=out[2])  # mask (B, P)
+        out[3][:], out[4][:] = self.y[sel], self.entries[sel]
+        return tuple(out)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index ranges ``[starts[i], starts[i] + lengths[i])`` laid end to end, and each index's place in its range."""
+    ends = np.cumsum(lengths)
+    within = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+    return np.repeat(starts, lengths) + within, within
+
+
+def pad_jets(jets: FlatJets, pad_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x (N, P, C), v (N, P, 4), mask (N, P), y (N,), entries (N,))``: ``jets`` zero-padded to P = ``pad_length``,
+    each array built once (one scatter of the particle rows)."""
+    P, C, N = int(pad_length), jets.x.shape[1], len(jets.counts)
+    ends = np.cumsum(jets.counts)
+    # row of each particle in the flattened (N·P) particle axis
+    dest = np.arange(int(ends[-1]) if N else 0) + np.repeat(np.arange(N) * P - (ends - jets.counts), jets.counts)
+    out = []
+    for flat, width in ((jets.x, C), (jets.v, 4)):
+        a = np.zeros((N * P, width), np.float32)
+        a[dest] = flat
+        out.append(a.reshape(N, P, width))
+    mask = np.arange(P) < jets.counts[:, None]  # (N, P)
+    return out[0], out[1], mask, jets.y, jets.entries
+
+
 def _count(stats, key, n):
     if stats is not None:
         stats[key] = stats.get(key, 0) + int(n)
@@ -232,10 +342,100 @@ def _flat_float(a, n_expected: int, source: str, name: str) -> np.ndarray:
     return flat
 
 
+class _NotFlat(Exception):
+    """A value that is neither one number per jet nor one per particle of the chunk's particle structure."""
+
+
+class _Values(dict):
+    """The branches and variables the expressions read, each resolved when first asked for (a variable before a
+    branch of the same name). ``flat``: numpy over the particles of the kept jets ``idx`` laid end to end, a jet-level
+    value repeated over its jet's particles; else awkward arrays of the kept jets."""
+
+    def __init__(self, cfg: JetDataConfig, arrays: ak.Array, idx: np.ndarray, counts_all: np.ndarray, flat: bool):
+        super().__init__()
+        self.cfg, self.arrays, self.idx, self.counts_all, self.flat = cfg, arrays, idx, counts_all, flat
+        self.counts = counts_all[idx]
+        self._kept = self._pmask = None
+        self._resolving: set[str] = set()
+
+    @property
+    def kept(self) -> ak.Array:
+        if self._kept is None:
+            self._kept = self.arrays if len(self.idx) == len(self.arrays) else self.arrays[self.idx]
+        return self._kept
+
+    def __missing__(self, name: str):
+        var = self.cfg.variable_exprs.get(name)
+        if var is not None and name not in self._resolving:
+            self._resolving.add(name)
+            try:
+                value = var.evaluate(self)
+            finally:
+                self._resolving.discard(name)
+        else:
+            value = self.branch(name)
+        self[name] = value
+        return value
+
+    def branch(self, name: str):
+        if not self.flat:
+            return self.kept[name]
+        try:
+            off, content = _parts(self.arrays, name)
+            if off is None:  # one value per jet
+                return np.repeat(content[self.idx], self.counts)
+            if np.array_equal(np.diff(off), self.counts_all):
+                content = content[off[0]:off[-1]]
+                if len(self.idx) == len(self.arrays):
+                    return content
+                if self._pmask is None:
+                    keep = np.zeros(len(self.arrays), bool)
+                    keep[self.idx] = True
+                    self._pmask = np.repeat(keep, self.counts_all)
+                return content[self._pmask]
+        except Exception:
+            pass
+        raise _NotFlat(name)
+
+
+def _parts(arrays: ak.Array, name: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(offsets (n + 1,), content)`` of a jagged numeric field, ``(None, values (n,))`` of one number per jet: read
+    straight from the layout when it is the plain one a reader gives, else through awkward's functions."""
+    lay, n = arrays.layout, len(arrays)
+    f = lay.content(name) if isinstance(lay, ak.contents.RecordArray) else None
+    if isinstance(f, ak.contents.ListOffsetArray) and not f.parameters:
+        f, off = f.content, np.asarray(f.offsets.data)[:n + 1]
+    else:
+        off = None
+    if isinstance(f, ak.contents.NumpyArray) and not f.parameters and isinstance(f.data, np.ndarray) \
+            and f.data.ndim == 1:
+        return off, (f.data if off is not None else f.data[:n])
+    a = arrays[name]
+    if a.ndim == 1:
+        return None, ak.to_numpy(a)
+    return np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(a, axis=1)))]), ak.to_numpy(ak.flatten(a))
+
+
+def _needs_jagged(expr: Expression, cfg: JetDataConfig, seen: frozenset = frozenset()) -> bool:
+    """Whether ``expr`` (or a variable it reads) calls ``sum``, which needs the per-jet structure."""
+    return "sum" in expr.calls or any(_needs_jagged(cfg.variable_exprs[n], cfg, seen | {n}) for n in expr.names
+                                      if n in cfg.variable_exprs and n not in seen)
+
+
 def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chunk>", entry_start: int = 0,
                     stats: dict | None = None, return_entries: bool = False, labels: bool = True
                     ) -> ChunkArrays | tuple[ChunkArrays, np.ndarray]:
-    """Apply labels, selection and features of ``cfg`` to one chunk and pad to ``cfg.pad_length``.
+    """Apply labels, selection and features of ``cfg`` to one chunk and pad to ``cfg.pad_length``: :func:`pad_jets` of
+    :func:`chunk_to_flat` (same arguments). Returns ``ChunkArrays(x (N, P, C) float32, v (N, P, 4) float32, mask (N, P)
+    bool, y (N,) int64)``, with ``return_entries`` also the file entry numbers ``(N,)`` int64 of the surviving jets."""
+    x, v, mask, y, entries = pad_jets(chunk_to_flat(arrays, cfg, source=source, entry_start=entry_start,
+                                                    stats=stats, labels=labels), cfg.pad_length)
+    return (ChunkArrays(x, v, mask, y), entries) if return_entries else ChunkArrays(x, v, mask, y)
+
+
+def chunk_to_flat(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chunk>", entry_start: int = 0,
+                  stats: dict | None = None, labels: bool = True) -> FlatJets:
+    """Apply labels, selection and features of ``cfg`` to one chunk: the surviving jets, unpadded.
 
     Parameters
     ----------
@@ -246,29 +446,30 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
     source
         File name used in error messages.
     entry_start
-        File entry number of the first jet of the chunk (for error messages).
+        File entry number of the first jet of the chunk (for error messages and ``entries``).
     stats
         Optional dict incremented with ``jets_read``, ``jets_kept``, ``dropped_unlabelled`` (no selected label
         set: other classes and jets with no label flag), ``skipped_no_label`` (no label flag set at all, with
         ``cfg.skip_unlabelled``), ``dropped_no_particles``, ``dropped_selection``.
-    return_entries
-        Also return the file entry numbers of the surviving jets, ``(N,)`` int64.
     labels
         False: the label branches are neither needed nor read, no jet is dropped for its label and ``y`` is −1
         (prediction over files without labels).
 
     Returns
     -------
-    ChunkArrays
-        ``(x (N, P, C) float32, v (N, P, 4) float32, mask (N, P) bool, y (N,) int64)``; the N surviving
-        jets in file order, particles in file order (pT-ordered), truncated / zero-padded to P.
+    FlatJets
+        The N surviving jets in file order, the first P = ``cfg.pad_length`` particles of each in file order
+        (pT-ordered).
 
     Notes
     -----
     Jets are skipped (and counted) when none of the selected classes matches (label subsets), when they
     hold zero particles, or when ``cfg.selection`` is False. An unlabelled jet (no label of the format, no
     expression matching, an integer class out of range), unless ``cfg.skip_unlabelled``, a jet of several classes,
-    a non-finite label, or a NaN/inf feature / vector value raise :class:`DataError` naming the field.
+    a non-finite label, or a NaN/inf feature / vector value (of any particle, also one past P) raise
+    :class:`DataError` naming the field. Expressions are evaluated with numpy on the flat particle content (a
+    jet-level value repeated over its particles); one that calls ``sum`` or reads a branch of another structure is
+    evaluated on the awkward arrays instead, with the same result.
     """
     n = len(arrays)
     fields = set(arrays.fields)
@@ -288,56 +489,47 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
     keep = y_all >= 0 if labels else np.ones(n, bool)
     _count(stats, "dropped_unlabelled", (~keep).sum())
 
-    counts_all = ak.to_numpy(ak.num(arrays[cfg.vectors[0]], axis=1))
+    off = _parts(arrays, cfg.vectors[0])[0] if arrays[cfg.vectors[0]].ndim == 2 else None
+    counts_all = (np.diff(off) if off is not None else ak.to_numpy(ak.num(arrays[cfg.vectors[0]], axis=1))
+                  ).astype(np.int64)
     empty = keep & (counts_all == 0)
     _count(stats, "dropped_no_particles", empty.sum())
     keep &= counts_all > 0
+    idx = np.flatnonzero(keep)
 
-    arr = arrays[keep]
-    y = y_all[keep]
-    entries = entries[keep]
-
-    # ---- variables (only those needed), then selection
-    values: dict[str, object] = {f: arr[f] for f in arr.fields}
-    for name, expr in cfg.variable_exprs.items():
-        if expr.names <= values.keys():
-            values[name] = expr.evaluate(values)
+    # ---- selection (per jet, on the awkward arrays)
     if cfg.selection_expr is not None:
-        sel = cfg.selection_expr.evaluate(values)
+        sel = cfg.selection_expr.evaluate(_Values(cfg, arrays, idx, counts_all, flat=False))
         try:
             sel = np.asarray(ak.to_numpy(sel) if isinstance(sel, ak.Array) else sel, dtype=bool)
         except Exception:
             raise ConfigError(source, "selection must give one boolean per jet", "selection") from None
-        sel = np.broadcast_to(sel, (len(arr),))
+        sel = np.broadcast_to(sel, (len(idx),))
         _count(stats, "dropped_selection", (~sel).sum())
-        arr, y, entries = arr[sel], y[sel], entries[sel]
-        values = {k: (v[sel] if isinstance(v, (ak.Array, np.ndarray)) and len(v) == len(sel) else v)
-                  for k, v in values.items()}
-    N = len(arr)
+        idx = idx[sel]
+    N = len(idx)
     _count(stats, "jets_kept", N)
-
-    # ---- padding indices (shared by every per-particle quantity)
-    template = arr[cfg.vectors[0]]
-    counts = ak.to_numpy(ak.num(template, axis=1)).astype(np.int64)
+    y, entries = y_all[idx], entries[idx]
+    flat_values = _Values(cfg, arrays, idx, counts_all, flat=True)
+    awk_values = _Values(cfg, arrays, idx, counts_all, flat=False)
+    counts = flat_values.counts
     total = int(counts.sum())
     take = np.minimum(counts, P)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if N else np.zeros(0, np.int64)
-    rows = np.repeat(np.arange(N), take)
-    cols = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
-    src = np.repeat(starts, take) + cols
-    particle_jet = np.repeat(np.arange(N), counts)
+    # the first P particles of every jet (None: every particle, no jet is longer than P)
+    src = _ranges(np.cumsum(counts) - counts, take)[0] if N and counts.max() > P else None
 
     def check_finite(flat, name, inputs=()):
         if flat.size and not np.isfinite(flat).all():
             # blame an input branch that is itself non-finite, else the derived quantity
+            kept = awk_values.kept
             for b in sorted(inputs):
-                if b in arr.fields:
-                    bf = _flat_float(ak.broadcast_arrays(arr[b], template)[0], total, source, b)
+                if b in fields:
+                    bf = _flat_float(ak.broadcast_arrays(kept[b], kept[cfg.vectors[0]])[0], total, source, b)
                     if not np.isfinite(bf).all():
                         name, flat = b, bf
                         break
             bad = ~np.isfinite(flat)
-            first = int(entries[particle_jet[np.argmax(bad)]])
+            first = int(entries[np.repeat(np.arange(N), counts)[np.argmax(bad)]])
             raise InvalidValueError(source, f"{int(bad.sum())} non-finite value(s) (NaN/inf), first at entry "
                                     f"{first}", name)
 
@@ -350,33 +542,43 @@ def chunk_to_arrays(arrays: ak.Array, cfg: JetDataConfig, *, source: str = "<chu
             out.add(nm)
         return out
 
-    # features are gathered column by column into one (kept particles, C) matrix, then scattered into the
-    # padded (N, P, C) array in one row-wise pass (C contiguous values per particle, not C strided passes)
-    dest = rows * P + cols  # (kept particles,) row of the flattened (N·P) particle axis
-    vals = np.empty((len(src), C), np.float32)  # (kept particles, C)
-    for c, (spec, expr) in enumerate(zip(cfg.feature_specs, cfg.feature_exprs)):
-        res = expr.evaluate(values)
+    def evaluate(expr, name) -> np.ndarray:  # (total,) float64, one value per particle of the kept jets
+        if not _needs_jagged(expr, cfg):
+            try:
+                res = np.asarray(expr.evaluate(flat_values), dtype=np.float64)
+                if res.ndim == 0:  # a constant
+                    return np.full(total, float(res))
+                if res.shape == (total,):
+                    return res
+            except _NotFlat:
+                pass
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(source, f"result is not numeric per particle ({type(exc).__name__}: {exc})",
+                                  name) from None
+        res = expr.evaluate(awk_values)
         if not isinstance(res, ak.Array) or res.ndim < 2:
-            res = ak.broadcast_arrays(res, template)[0]  # jet-level / constant -> per particle
-        flat = _flat_float(res, total, source, spec.name)
-        check_finite(flat, spec.name, inputs_of(expr))
-        val = (flat - spec.subtract) * spec.multiply
+            res = ak.broadcast_arrays(res, awk_values.kept[cfg.vectors[0]])[0]  # jet-level / constant -> per particle
+        return _flat_float(res, total, source, name)
+
+    # features: computed column by column on the flat particle content into a (C, kept particles) matrix (each
+    # row written contiguously), transposed once into the (kept particles, C) rows a batch gathers
+    M = int(take.sum())
+    vals = np.empty((C, M), np.float32)
+    for c, (spec, expr) in enumerate(zip(cfg.feature_specs, cfg.feature_exprs)):
+        val = evaluate(expr, spec.name)
+        check_finite(val, spec.name, inputs_of(expr))
+        val = val - spec.subtract
+        val *= spec.multiply
         if spec.clip is not None:
-            val = np.clip(val, spec.clip[0], spec.clip[1])
-        vals[:, c] = val[src]
-    x = np.zeros((N * P, C), np.float32)
-    x[dest] = vals
-    x = x.reshape(N, P, C)  # (N, P, C)
+            np.clip(val, spec.clip[0], spec.clip[1], out=val)
+        vals[c] = val if src is None else val[src]
 
-    vecs = np.empty((len(src), 4), np.float32)
+    vecs = np.empty((4, M), np.float32)
     for c, name in enumerate(cfg.vectors):
-        flat = _flat_float(arr[name], total, source, name)
+        try:
+            flat = flat_values.branch(name)
+        except _NotFlat:
+            flat = _flat_float(awk_values.kept[name], total, source, name)
         check_finite(flat, name)
-        vecs[:, c] = flat[src]
-    v = np.zeros((N * P, 4), np.float32)
-    v[dest] = vecs
-    v = v.reshape(N, P, 4)  # (N, P, 4) = (px, py, pz, E)
-
-    mask = np.zeros((N, P), bool)  # (N, P)
-    mask[rows, cols] = True
-    return (ChunkArrays(x, v, mask, y), entries) if return_entries else ChunkArrays(x, v, mask, y)
+        vecs[c] = flat if src is None else flat[src]
+    return FlatJets(np.ascontiguousarray(vals.T), np.ascontiguousarray(vecs.T), take, y, entries)
