@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "physics_tf"
 WINGS = {"jets", "auger", "lightcurves"}
 CORE = {"nn", "data", "tasks", "training", "cli", "config"}
-MODEL_MODULES = {"jets.part", "jets.pfn", "jets.pairwise", "auger.transformer", "auger.hexconv", "auger.geometry",
+MODEL_MODULES = {"jets.part", "jets.pfn", "jets.pcnn", "jets.particlenet", "jets.lorentznet", "lightcurves.patching", "jets.pairwise", "auger.transformer", "auger.hexconv", "auger.geometry",
                  "lightcurves.transformer", "lightcurves.gru"}
 # reader / data modules (and packages) of the wings, which no model module may import
 DATA_MODULES = {"jets.readers", "jets.writers", "jets.dataset", "jets.data", "jets.features", "jets.generate",

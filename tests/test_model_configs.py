@@ -17,14 +17,15 @@ from test_pipelines import compose_train
 
 MODEL_CONFIGS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 # the data config each model family is built with (model_dims come from it; no file is read)
-DATA = {"part": "jetclass", "pfn": "jetclass", "lightcurve": "lightcurves_sim", "auger": "auger_sim"}
+DATA = {"part": "jetclass", "pfn": "jetclass", "pcnn": "jetclass", "lorentznet": "jetclass", "lightcurve": "lightcurves_sim", "auger": "auger_sim"}
 # parameters of every configured model: a refactoring must not change them (ParT and PFN as the ParT paper's
 # JetClass models: 17 features, 10 classes)
-PARAMETERS = {"auger_hexconv": 764_321, "auger_perceiver": 1_255_113, "auger_transformer": 1_204_489,
+PARAMETERS = {"pcnn": 354_540, "particlenet": 370_156, "lorentznet": 224_656, "lightcurve_patch": 219_980,
+              "auger_hexconv": 764_321, "auger_perceiver": 1_255_113, "auger_transformer": 1_204_489,
               "lightcurve_gru": 49_100, "lightcurve_transformer": 210_316, "part": 2_143_486,
               "part_plain": 2_133_918, "part_small": 223_282, "pfn": 86_188}
 # the name of each data family's length axis in the ONNX graph (Auger: fixed grid, batch axis only)
-LENGTH_AXIS = {"x": "particles", "flux": "observations", "traces": None}
+LENGTH_AXIS = {"x": "particles", "v": "particles", "flux": "observations", "traces": None}
 
 
 def data_config(model: str) -> str:
@@ -85,7 +86,7 @@ def test_model_config_builds_runs_and_exports(model, tmp_path):
              for i in onnx.load(str(path)).graph.input}
     assert [s["name"] for s in summary["inputs"]] == list(graph)
     assert all(dims[0] == "batch" for dims in graph.values()), graph
-    first = next(iter(batch))
+    first = next(name for name in batch if name in graph)  # LorentzNet by default reads no x
     if LENGTH_AXIS[first] is not None:
         assert graph[first][1] == LENGTH_AXIS[first]
 

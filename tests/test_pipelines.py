@@ -256,6 +256,9 @@ MID_EPOCH = {
     "jets_part_plain": [*JET_DATA, *TINY_PART],
     "jets_part_finetune": [*JET_DATA, *TINY_PART],  # task.pretrained: a saved network of the same size (with_pretrained)
     "jets_pfn": [*JET_DATA, "model.phi_dims=[16,16]", "model.f_dims=[16]"],
+    "jets_pcnn": [*JET_DATA, "model.conv_params=[[8],[8],[16,16]]", "model.fc_dims=[16]"],
+    "jets_particlenet": [*JET_DATA, "model.conv_params=[[4,[8,8]],[4,[16]]]", "model.fc_dims=[16]"],
+    "jets_lorentznet": [*JET_DATA, "model.hidden=8", "model.num_layers=2"],
     "lightcurves_transformer": [*LIGHTCURVE_DATA, "model.dim=16", "model.num_heads=2", "model.num_layers=1"],
     "lightcurves_gru": [*LIGHTCURVE_DATA, "model.hidden=16"],
     "auger_hexconv": [*AUGER_DATA, "model.rnn_hidden=8", "model.station_dim=8", "model.conv_channels=[8,8]",

@@ -66,7 +66,7 @@ class JetDataModule(StreamingDataModule):
                  vectors=None, variables=None, selection: str | None = None, treename: str = "tree",
                  pad_length: int = 128, chunk_size: int = 10_000, batch_size: int = 256, num_workers: int = 0,
                  shuffle_buffer: int = 10_000, seed: int = 0, pin_memory: bool = False,
-                 skip_unlabelled: bool = False, background: str | None = None):
+                 skip_unlabelled: bool = False, background: str | None = None, prefetch: int = 1):
         super().__init__()
         kw: dict[str, Any] = dict(files=files or {}, format=format, features=features,
                                   variables=variables or {}, selection=selection, treename=treename,
@@ -79,6 +79,7 @@ class JetDataModule(StreamingDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.shuffle_buffer = int(shuffle_buffer)
+        self.prefetch = int(prefetch)
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.files = self.cfg.files
@@ -141,7 +142,8 @@ class JetDataModule(StreamingDataModule):
         """Cut the files into pieces (metadata only) and build the split's streaming dataset."""
         return JetIterableDataset(
             self.cfg, files, self.batch_size, train=(split == "train"), shuffle_buffer=self.shuffle_buffer,
-            seed=self.seed, rank=rank, world_size=world, pieces=build_pieces(files, self.cfg))
+            seed=self.seed, rank=rank, world_size=world, pieces=build_pieces(files, self.cfg),
+            prefetch=self.prefetch)
 
 
     def split_counts(self, split: str) -> dict[str, int]:
