@@ -2,14 +2,17 @@
 
 1. **Temporal encoder** (per station, real stations only): the trace (T bins) is cut into patches of ``patch``
    bins (ViT-style tokens, Dosovitskiy et al. arXiv 2010.11929); a linear map plus a sinusoidal encoding of
-   the patch index gives P = T / patch tokens. Self-attention runs inside windows of ``window`` consecutive
-   patches (block-diagonal attention, as in the local attention of Swin, Liu et al. arXiv 2103.14030), and a
-   learned query pools all patches by class attention (CaiT, arXiv 2103.17239) — a one-element latent array
-   in the sense of the Perceiver (Jaegle et al. arXiv 2103.03206). Attention memory per station is therefore
+   the patch index gives P = T / patch tokens. Self-attention over the patch sequence is any kind of the core's
+   efficient attention (:mod:`physics_tf.nn.efficient`, ``temporal_attention``): by default inside windows of
+   ``window`` consecutive patches (block-diagonal attention, as in the local attention of Swin, Liu et al. arXiv
+   2103.14030), or full, LSH (Reformer) or sparse strided / fixed (Sparse Transformer). A learned query pools
+   all patches by class attention (CaiT, arXiv 2103.17239) — a one-element latent array in the sense of the
+   Perceiver (Jaegle et al. arXiv 2103.03206). With windows, attention memory per station is
    heads·(P·window + P + 1) elements: linear in T, where naive attention over the bins needs heads·T².
-   ``temporal_encoder="perceiver"`` swaps in :class:`PerceiverTemporalEncoder`: ``latents`` learned queries
-   cross-attend to the patch tokens (Perceiver, Jaegle et al. arXiv 2103.03206), self-attention runs among the
-   latents only, so attention memory is heads·k·P — O(k·L), for very long traces.
+   ``temporal_encoder="perceiver"`` swaps in :class:`PerceiverTemporalEncoder`, the core's
+   :class:`~physics_tf.nn.efficient.LatentEncoder`: ``latents`` learned queries cross-attend to the patch tokens
+   (Perceiver), self-attention runs among the latents only, so attention memory is heads·k·P — O(k·L), for very
+   long traces.
 2. **Station tokens**: the temporal summary plus an MLP embedding of the station's position, arrival time and
    total signal and (``geometry=True``) of the event's shower geometry from :class:`ShowerGeometry` — a plane-front
    fit to the arrival times as in the standard SD reconstruction (direction, sec θ, total signal) and, per station,
@@ -18,8 +21,8 @@
    the values, so without the fit the spatial transformer has to rediscover the arrival direction, on which the
    slant depth X_ground / cos θ − X_max depends.
 3. **Spatial transformer** over the real stations. The triggered stations of each event (median ~14 of 81 for
-   9×9 patches) are packed to the front and the station axis is cut to the batch's largest count, so attention
-   costs (max real)² instead of n⁴; padding is masked. With ``pair_bias=True`` the attention logits get an
+   9×9 patches) are packed to the front; the events run in groups of similar station counts, each group's station
+   axis cut to its largest count, so attention costs about Σ (real count)² instead of B·n⁴; padding is masked. With ``pair_bias=True`` the attention logits get an
    additive per-head bias from each station pair's geometry and timing (distance, arrival-time difference,
    signal and height differences, through a small MLP computed once per event) — the spatial counterpart of the
    Particle Transformer's pair features (Qu, Li, Qian, arXiv 2202.03772): the shower-front curvature, which
@@ -33,12 +36,16 @@ All attention goes through :mod:`physics_tf.nn.attention`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from physics_tf.auger.geometry import ShowerGeometry
 from physics_tf.nn.attention import attention_mask
-from physics_tf.nn.blocks import ClassTokenPool, CrossAttentionBlock, TransformerBlock
+from physics_tf.nn.blocks import ClassTokenPool, TransformerBlock
+from physics_tf.nn.efficient import KINDS, LatentEncoder
 from physics_tf.nn.embeddings import sinusoidal_encoding
 from physics_tf.nn.packing import Packing, left_aligned
 
@@ -54,67 +61,71 @@ def patch_tokens(x: Tensor, patch: int, embed: nn.Linear, dim: int) -> Tensor:
     return embed(x) + sinusoidal_encoding(torch.arange(p, device=x.device), dim).to(x.dtype)  # (N, P, D)
 
 
+def temporal_attention_options(attention: Mapping[str, Any] | None, window: int, n_patches: int | None = None
+                               ) -> dict[str, Any]:
+    """The temporal self-attention's ``MultiheadAttention`` keywords: ``attention`` ({kind, …options}; None =
+    windows of ``window`` patches). A window kind whose window holds all ``n_patches`` patches of the trace is
+    full attention over them: it runs as kind "full" (the same outputs; the fused kernel, and attention weights
+    that :func:`physics_tf.nn.inspect.record_attention` can record)."""
+    options = dict(attention) if attention else {"kind": "window"}
+    kind = options.setdefault("kind", "window")
+    if kind not in KINDS:
+        raise ValueError(f"temporal_attention.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "window":
+        options.setdefault("window", window)
+        if n_patches is not None and options["window"] >= n_patches:
+            options = {k: v for k, v in options.items() if k not in ("kind", "window")} | {"kind": "full"}
+    return options
+
+
 class TemporalEncoder(nn.Module):
-    """Trace (N, T) → station summary (N, dim); attention cost linear in T (module docstring)."""
+    """Trace (N, T) → station summary (N, dim): patch tokens, ``depth`` self-attention blocks of the attention
+    ``attention`` (:func:`temporal_attention_options`; default windows of ``window`` patches: linear in T), then
+    class-attention pooling (module docstring)."""
 
     def __init__(self, patch: int = 10, dim: int = 64, num_heads: int = 4, depth: int = 2, window: int = 12,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, attention: Mapping[str, Any] | None = None,
+                 n_patches: int | None = None) -> None:
         super().__init__()
         self.patch, self.window, self.dim = patch, window, dim
+        self.attention = temporal_attention_options(attention, window, n_patches)
         self.embed = nn.Linear(patch, dim)
         self.blocks = nn.ModuleList(
-            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
-             for _ in range(depth)])
+            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout,
+                              attention=self.attention) for _ in range(depth)])
         self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
-        h = patch_tokens(x, self.patch, self.embed, self.dim)  # (N, P, D)
-        p = h.shape[1]
-        w = min(self.window, p)
-        nw = -(-p // w)  # windows
-        h = nn.functional.pad(h, (0, 0, 0, nw * w - p))  # (N, nw·w, D)
-        real = torch.arange(nw * w, device=x.device) < p  # (nw·w,) padded patches are masked keys
-        key_mask = real.view(1, nw, w).expand(n, nw, w).reshape(n * nw, w)  # (N·nw, w)
-        hw = h.reshape(n * nw, w, self.dim)  # (N·nw, w, D)
-        am = attention_mask(key_mask)
+        h = patch_tokens(x, self.patch, self.embed, self.dim)  # (N, P, D); every patch is real: no key mask
         for blk in self.blocks:
-            hw = blk(hw, am)  # (N·nw, w, D)
-        h = hw.reshape(n, nw * w, self.dim)  # (N, nw·w, D)
-        return self.pool(h, real.expand(n, -1))  # (N, D)
+            h = blk(h)  # (N, P, D)
+        return self.pool(h)  # (N, D)
 
 
-class PerceiverTemporalEncoder(nn.Module):
-    """Trace (N, T) → station summary (N, dim) through a latent array (Perceiver, arXiv 2103.03206).
+class PerceiverTemporalEncoder(LatentEncoder):
+    """Trace (N, T) → station summary (N, dim) through the core's latent array (:class:`LatentEncoder`, Perceiver,
+    arXiv 2103.03206).
 
     ``latents`` learned vectors cross-attend to the P = T / patch patch tokens (memory heads·k·P), ``depth``
     self-attention blocks run among the latents (heads·k²), and class attention pools them. Cost is O(k·L) in
-    the trace length L, however long the trace.
+    the trace length L, however long the trace. The latent encoder's parameters keep their names (``latents``,
+    ``cross``, ``blocks``), initial draws and order from before it moved into the core: old checkpoints load as
+    they are.
     """
 
     def __init__(self, patch: int = 4, dim: int = 64, num_heads: int = 4, depth: int = 2, latents: int = 16,
                  dropout: float = 0.0) -> None:
-        super().__init__()
+        embed = nn.Linear(patch, dim)  # drawn first, as before the move
+        super().__init__(dim, num_heads, latents, depth, dropout=dropout)
         self.patch, self.dim = patch, dim
-        self.embed = nn.Linear(patch, dim)
-        self.latents = nn.Parameter(torch.zeros(1, latents, dim))
-        nn.init.trunc_normal_(self.latents, std=0.02)
-        self.cross = CrossAttentionBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout,
-                                         activation_dropout=dropout)
-        self.blocks = nn.ModuleList(
-            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
-             for _ in range(depth)])
+        self.embed = embed
+        for name in ("cross", "blocks"):  # parameter order as before (latents, embed, cross, blocks, pool)
+            self._modules[name] = self._modules.pop(name)
         self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
 
-    def no_weight_decay(self) -> set[str]:
-        return {"latents"}
-
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         h = patch_tokens(x, self.patch, self.embed, self.dim)  # (N, P, D)
-        z = self.cross(self.latents.expand(h.shape[0], -1, -1).to(h.dtype), h)  # (N, k, D)
-        for blk in self.blocks:
-            z = blk(z)  # (N, k, D)
-        return self.pool(z)  # (N, D)
+        return self.pool(super().forward(h))  # (N, k, D) latents → (N, D)
 
 
 class StationPairBias(nn.Module):
@@ -129,11 +140,25 @@ class StationPairBias(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(4, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, num_heads))
 
-    def forward(self, features: Tensor) -> Tensor:
-        diff = features[:, None, :, :] - features[:, :, None, :]  # (B, Lq, Lk, 5): key − query
-        dist = diff[..., :2].square().sum(-1).add(1e-12).sqrt()  # (B, Lq, Lk)
-        pair = torch.stack([dist, diff[..., 3], diff[..., 4], diff[..., 2]], dim=-1)  # (B, Lq, Lk, 4)
-        return self.mlp(pair).permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """features (B, L, 5), mask (B, L) True = real → bias (B, H, L, L). With ``mask`` the MLP runs on the
+        real pairs only (a batch padded to its largest event has mostly padded pairs) and padded pairs get 0:
+        they are masked keys or padded queries, so attention outputs at real stations are unchanged."""
+        if mask is None:
+            diff = features[:, None, :, :] - features[:, :, None, :]  # (B, Lq, Lk, 5): key − query
+            return self.mlp(self._pair_features(diff)).permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
+        b, n = mask.shape
+        pairs = Packing((mask[:, :, None] & mask[:, None, :]).reshape(b, n * n))  # real (query, key) pairs
+        bi, flat = pairs.batch, pairs.pos  # event, query · L + key
+        diff = features[bi, flat % n] - features[bi, flat // n]  # (N_pairs, 5): key − query
+        out = pairs.unpack(self.mlp(self._pair_features(diff)))  # (B, Lq·Lk, H), zeros at padded pairs
+        return out.view(b, n, n, -1).permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
+
+    @staticmethod
+    def _pair_features(diff: Tensor) -> Tensor:
+        """(…, 5) key − query differences → (…, 4): distance, Δt, Δlog S, Δz."""
+        dist = diff[..., :2].square().sum(-1).add(1e-12).sqrt()
+        return torch.stack([dist, diff[..., 3], diff[..., 4], diff[..., 2]], dim=-1)
 
 
 class AugerTransformer(nn.Module):
@@ -144,7 +169,14 @@ class AugerTransformer(nn.Module):
     grid_size, n_bins, num_targets: from the data module (``model_dims``).
     temporal_encoder: ``"window"`` (:class:`TemporalEncoder`) or ``"perceiver"`` (:class:`PerceiverTemporalEncoder`).
     patch, temporal_dim, temporal_heads, temporal_depth, window / latents: the temporal encoder.
+    temporal_attention: the window encoder's self-attention over the patch sequence, ``{"kind": …, **options}``
+        with a kind of :data:`physics_tf.nn.efficient.KINDS` (window, full, lsh, sparse_strided, sparse_fixed) and
+        its options (``window``, ``bucket_size``, ``n_hashes``, ``block``, …); None = windows of ``window`` patches.
     dim, num_heads, depth: the spatial transformer; ffn_ratio via the blocks' default (4).
+    attention: the spatial blocks' and the pooling's attention options (e.g. ``{"score": "additive"}``); the pair
+        bias needs kind "full".
+    spatial_groups: the spatial stage runs the events in up to this many groups of similar station counts, each
+        padded to its own largest count (:meth:`_spatial`; the same outputs, less padding).
     pair_bias, pair_hidden: the :class:`StationPairBias` of the spatial attention.
     geometry: feed the :class:`ShowerGeometry` fit (station and event features) to the station tokens and the head.
     head_hidden: hidden width of the head MLP on [class-attention summary, mean station token, event geometry];
@@ -158,17 +190,21 @@ class AugerTransformer(nn.Module):
     head_modules = ("head",)
     block_modules = "blocks"
     stem_modules = ("temporal", "pair_bias", "geometry", "station_embed", "token_proj")
+    GROUP_MIN_EVENTS = 8  # the fewest events per group of the spatial stage (see _spatial)
 
     def __init__(self, grid_size: int, n_bins: int, num_targets: int = 1, patch: int = 10, temporal_dim: int = 64,
                  temporal_heads: int = 4, temporal_depth: int = 2, window: int = 12, dim: int = 128,
                  num_heads: int = 8, depth: int = 4, dropout: float = 0.0, predict_variance: bool = False,
                  temporal_encoder: str = "window", latents: int = 16, pair_bias: bool = True, pair_hidden: int = 32,
-                 num_classes: int = 0, geometry: bool = True, head_hidden: int = 128) -> None:
+                 num_classes: int = 0, geometry: bool = True, head_hidden: int = 128,
+                 spatial_groups: int = 4, temporal_attention: Mapping[str, Any] | None = None,
+                 attention: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.grid_size, self.n_bins = grid_size, n_bins
+        self.grid_size, self.n_bins, self.spatial_groups = grid_size, n_bins, int(spatial_groups)
         self.num_outputs = num_targets * (2 if predict_variance else 1) + num_classes
         if temporal_encoder == "window":
-            self.temporal = TemporalEncoder(patch, temporal_dim, temporal_heads, temporal_depth, window, dropout)
+            self.temporal = TemporalEncoder(patch, temporal_dim, temporal_heads, temporal_depth, window, dropout,
+                                            attention=temporal_attention, n_patches=-(-n_bins // patch))
         elif temporal_encoder == "perceiver":
             self.temporal = PerceiverTemporalEncoder(patch, temporal_dim, temporal_heads, temporal_depth, latents,
                                                      dropout)
@@ -180,9 +216,9 @@ class AugerTransformer(nn.Module):
         self.station_embed = nn.Sequential(nn.Linear(n_station, dim), nn.GELU(), nn.Linear(dim, dim))
         self.token_proj = nn.Linear(temporal_dim, dim)
         self.blocks = nn.ModuleList(
-            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout)
-             for _ in range(depth)])
-        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout)
+            [TransformerBlock(dim, num_heads, dropout=dropout, attn_dropout=dropout, activation_dropout=dropout,
+                              attention=attention) for _ in range(depth)])
+        self.pool = ClassTokenPool(dim, num_heads, dropout=dropout, attention=attention)
         self.mean_norm = nn.LayerNorm(dim)
         d_head = 2 * dim + n_event  # class-attention summary, masked mean of the stations, event geometry
         self.head = (nn.Sequential(nn.Linear(d_head, head_hidden), nn.GELU(), nn.Dropout(dropout),
@@ -211,11 +247,38 @@ class AugerTransformer(nn.Module):
             event_rows = stations.pack(event[:, None, :].expand(-1, packed.shape[1], -1))  # (N_real, 5): its event's
             inputs = torch.cat([extra, stations.pack(station_geo), event_rows], dim=-1)  # (N_real, 12)
         h = self.token_proj(summary) + self.station_embed(inputs)  # (N_real, D)
-        bias = self.pair_bias(extra_packed) if self.pair_bias is not None else None  # (B, H, L, L)
-        am = attention_mask(packed, bias)  # built once for all blocks
-        for blk in self.blocks:  # token-wise layers on the real stations, attention on the (B, L) layout
-            h = blk(h, am, stations)  # (N_real, D)
+        bias = self.pair_bias(extra_packed, packed) if self.pair_bias is not None else None  # (B, H, L, L)
+        h = self._spatial(h, packed, bias)  # (N_real, D)
         x = stations.unpack(h)  # (B, L, D), zeros at padding
         weights = packed.to(x.dtype)[..., None]  # (B, L, 1)
         mean = self.mean_norm((x * weights).sum(1) / weights.sum(1).clamp_min(1.0))  # (B, D)
         return self.head(torch.cat([self.pool(x, packed), mean, event], dim=-1))  # (B, outputs)
+
+    def _spatial(self, h: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+        """The spatial blocks on the packed station tokens h (N_real, D) of the left-aligned events ``packed``
+        (B, L). Events are split into up to ``spatial_groups`` groups of similar station counts (at least
+        ``GROUP_MIN_EVENTS`` each), each padded only to its own largest count: a batch's station counts are
+        heavy-tailed (median ~15, the fullest of 64 events often > 60), so attention over one (B, L) layout is
+        mostly padding. Each event's output is the same as in one group; one group while exporting (data-
+        independent shapes) or while attention is recorded (one record per layer and batch)."""
+        b = packed.shape[0]
+        groups = min(self.spatial_groups, b // self.GROUP_MIN_EVENTS)
+        if groups <= 1 or torch.onnx.is_in_onnx_export() or any(blk.attn.recorder is not None for blk in self.blocks):
+            stations, am = Packing(packed), attention_mask(packed, bias)  # the mask built once for all blocks
+            for blk in self.blocks:  # token-wise layers on the real stations, attention on the (B, L) layout
+                h = blk(h, am, stations)  # (N_real, D)
+            return h
+        counts = packed.sum(1)  # (B,)
+        first = counts.cumsum(0) - counts  # (B,) each event's first row in h
+        out = h.new_zeros(h.shape)
+        for events in counts.argsort(stable=True).tensor_split(groups):  # (G,) events of similar counts
+            length = max(int(counts[events].max()), 1)
+            mask = packed[events, :length]  # (G, Lg)
+            group = Packing(mask)
+            rows = first[events][group.batch] + group.pos  # (N_g,) into h
+            am = attention_mask(mask, None if bias is None else bias[events, :, :length, :length])
+            hg = h[rows]  # (N_g, D)
+            for blk in self.blocks:
+                hg = blk(hg, am, group)
+            out = out.index_copy(0, rows, hg)
+        return out
