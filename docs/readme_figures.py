@@ -30,6 +30,9 @@ ROOT = HERE.parent
 FIGURES = HERE / "figures"
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import perf_figures  # noqa: E402
 
 
 def _load(name: str) -> dict:
@@ -168,6 +171,7 @@ def _lines(command: str) -> str:
 
 SECTIONS = {"demo": section_demo, "part_vs_weaver": section_part_vs_weaver, "pictures": section_pictures,
             "finetune": section_finetune, "predict_speed": section_predict_speed}
+SECTIONS.update(perf_figures.SECTIONS)  # the performance and comparison tables (docs/perf_figures.py)
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(?:(.*?)\n)?(<!-- end generated: \2 -->)", re.S)
 
 
