@@ -97,6 +97,8 @@ class PairEmbedding(nn.Module):
     real pairs only, so BatchNorm statistics never see padding and no (B, C, L, L) hidden tensor is formed.
     """
 
+    EVAL_CHUNK = 8192  # pairs per chunk of the eval-mode MLP on CPUs (hidden chunks of 2 MB stay in the L2 cache)
+
     def __init__(self, num_heads: int, dims: Sequence[int] = (64, 64, 64), input_dim: int = 4, eps: float = 1e-8) -> None:
         super().__init__()
         self.eps, self.num_heads = eps, num_heads
@@ -115,8 +117,10 @@ class PairEmbedding(nn.Module):
                 feats = layer(feats)
         return feats
 
-    def _eval_mlp(self, feats: Tensor) -> Tensor:
-        """The MLP in eval mode with every BatchNorm (an affine map there) folded into the adjacent Linear."""
+    def _folded(self) -> list[tuple[Tensor, Tensor, bool]]:
+        """The eval-mode MLP as (weight, bias, GELU after it) steps, every BatchNorm (an affine map in eval) folded
+        into the adjacent Linear."""
+        steps: list[tuple[Tensor, Tensor, bool]] = []
         scale = shift = None  # pending affine map on the next Linear's input
         weight = bias = None
         for layer in self.mlp:
@@ -132,23 +136,49 @@ class PairEmbedding(nn.Module):
                 if scale is not None:
                     weight, bias = weight * scale[None, :], bias + layer.weight @ shift
                     scale = shift = None
-            else:  # activation: apply the folded Linear, then it
-                feats = layer(F.linear(feats, weight, bias))
+            else:  # activation: the folded Linear, then it
+                steps.append((weight, bias, True))
                 weight = bias = None
-        return F.linear(feats, weight, bias) if weight is not None else feats
+        if weight is not None:
+            steps.append((weight, bias, False))
+        return steps
 
-    def forward(self, v: Tensor, mask: Tensor, key_mask_value: float | None = None) -> Tensor:
-        """v (B, L, 4) four-vectors, mask (B, L) → bias (B, H, L, L), zero where either particle is padding.
+    def _eval_mlp(self, feats: Tensor) -> Tensor:
+        """The MLP in eval mode (BatchNorms folded, :meth:`_folded`), in chunks of :attr:`EVAL_CHUNK` pairs: the
+        (chunk, 64) hidden tensors stay in the CPU cache and are never allocated at full size (~50 MB each for a
+        batch of 128 jets)."""
+        steps = self._folded()
+        n = feats.shape[0]
+        if n <= self.EVAL_CHUNK or feats.device.type != "cpu":
+            return self._eval_steps(steps, feats)
+        out = feats.new_empty(n, steps[-1][0].shape[0])
+        for start in range(0, n, self.EVAL_CHUNK):
+            out[start : start + self.EVAL_CHUNK] = self._eval_steps(steps, feats[start : start + self.EVAL_CHUNK])
+        return out
 
-        ``key_mask_value=-inf`` puts the attention mask in the same tensor: padded keys get −∞ (every key stays
-        allowed in a row of a set with no real element, as :func:`physics_tf.nn.attention.attention_mask`
-        does), so the bias is the finished SDPA ``attn_mask`` without a second (B, H, L, L) pass.
-        """
+    @staticmethod
+    def _eval_steps(steps: list[tuple[Tensor, Tensor, bool]], feats: Tensor) -> Tensor:
+        in_place = not torch.is_grad_enabled()  # gradients through eval mode (e.g. saliency) need out-of-place ops
+        for weight, bias, gelu in steps:
+            feats = F.linear(feats, weight, bias)
+            if gelu:
+                feats = torch.ops.aten.gelu_(feats) if in_place else F.gelu(feats)
+        return feats
+
+    def embed(self, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The embedded real pairs: (emb (N_pairs, H), batch, a, b) with the indices of :func:`real_pairs` (ordered
+        by set, so the pairs of consecutive sets are consecutive rows)."""
         batch, a, b = real_pairs(mask)  # (N_pairs,) each
         B, L = mask.shape
         kin = _kinematics(v).reshape(B * L, 7)  # per particle once, not per pair
         feats = _pair_features_kin(kin[batch * L + a], kin[batch * L + b], self.eps)  # (N_pairs, 4)
         emb = self._train_mlp(feats) if self.training else self._eval_mlp(feats)  # (N_pairs, H)
+        return emb, batch, a, b
+
+    def scatter(self, emb: Tensor, batch: Tensor, a: Tensor, b: Tensor, mask: Tensor,
+                key_mask_value: float | None = None) -> Tensor:
+        """Embedded pairs (:meth:`embed`) of the sets of ``mask`` (B, L) → bias (B, H, L, L) (see :meth:`forward`)."""
+        B, L = mask.shape
         if torch.onnx.is_in_onnx_export():
             # the exporter cannot index around a slice: scatter with consecutive advanced indices, then permute
             bias = emb.new_zeros(B, L, L, self.num_heads)  # (B, L, L, H)
@@ -163,3 +193,12 @@ class PairEmbedding(nn.Module):
             keep = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
             bias.masked_fill_(~keep[:, None, None, :], key_mask_value)
         return bias
+
+    def forward(self, v: Tensor, mask: Tensor, key_mask_value: float | None = None) -> Tensor:
+        """v (B, L, 4) four-vectors, mask (B, L) → bias (B, H, L, L), zero where either particle is padding.
+
+        ``key_mask_value=-inf`` puts the attention mask in the same tensor: padded keys get −∞ (every key stays
+        allowed in a row of a set with no real element, as :func:`physics_tf.nn.attention.attention_mask`
+        does), so the bias is the finished SDPA ``attn_mask`` without a second (B, H, L, L) pass.
+        """
+        return self.scatter(*self.embed(v, mask), mask, key_mask_value)

@@ -11,15 +11,33 @@ the one class-token pooling of every model (ParT, the light-curve and the Auger 
 
 :class:`CrossAttentionBlock`: a set of queries (e.g. a Perceiver's latent array, Jaegle et al. arXiv 2103.03206)
 attends to another set; the queries are updated.
+
+Every block takes ``attention`` (keyword arguments of :class:`physics_tf.nn.attention.MultiheadAttention`
+beyond dim / heads / dropout / head scale: ``score=``, ``kind=`` and their options) and ``activation`` of the
+feed-forward: "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation: cheaper, slightly different outputs).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from physics_tf.nn.attention import Dropout, MultiheadAttention
 from physics_tf.nn.packing import Packing
+
+ACTIVATIONS = ("gelu", "gelu_tanh")
+
+
+def activation_module(name: str) -> nn.Module:
+    """The feed-forward activation by name (:data:`ACTIVATIONS`): exact GELU or its tanh approximation."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"activation={name!r} is not one of {ACTIVATIONS}")
 
 
 class TransformerBlock(nn.Module):
@@ -36,16 +54,19 @@ class TransformerBlock(nn.Module):
         attn_dropout: float = 0.1,
         activation_dropout: float = 0.1,
         normformer: bool = False,
+        attention: Mapping[str, Any] | None = None,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         ffn_dim = dim * ffn_ratio
         self.pre_attn_norm = nn.LayerNorm(dim)
-        self.attn = MultiheadAttention(dim, num_heads, dropout=attn_dropout, head_scale=normformer)
+        self.attn = MultiheadAttention(dim, num_heads, dropout=attn_dropout, head_scale=normformer,
+                                       **dict(attention or {}))
         self.post_attn_norm = nn.LayerNorm(dim) if normformer else nn.Identity()
         self.dropout = Dropout(dropout)
         self.pre_fc_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, ffn_dim)
-        self.act = nn.GELU()
+        self.act = activation_module(activation)
         self.act_dropout = Dropout(activation_dropout)
         self.post_fc_norm = nn.LayerNorm(ffn_dim) if normformer else nn.Identity()
         self.fc2 = nn.Linear(ffn_dim, dim)
@@ -58,8 +79,9 @@ class TransformerBlock(nn.Module):
     def _feed_forward(self, x: Tensor) -> Tensor:
         h = self.act_dropout(self.act(self.fc1(self.pre_fc_norm(x))))  # (B, L, ffn_dim)
         h = self.dropout(self.fc2(self.post_fc_norm(h)))  # (B, L, D)
-        residual = x if self.resid_scale is None else x * self.resid_scale
-        return residual + h
+        if self.resid_scale is None:
+            return x + h
+        return torch.addcmul(h, x, self.resid_scale)  # h + x · resid_scale in one pass
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, packing: Packing | None = None) -> Tensor:
         """x (B, L, D); attn_mask from :func:`physics_tf.nn.attention.attention_mask`.
@@ -123,12 +145,14 @@ class ClassTokenPool(nn.Module):
         initial weights as before the pooling was shared.
     cast_token: run the class token in the input's dtype; False leaves it to autocast (fp32 under bf16 autocast,
         as the reference ParT does).
+    attention, activation: the blocks' attention options and feed-forward activation (:class:`TransformerBlock`).
     """
 
     def __init__(self, dim: int, num_heads: int, num_layers: int = 1, ffn_ratio: int = 4, dropout: float = 0.0,
                  attn_dropout: float | None = None, activation_dropout: float | None = None,
                  normformer: bool = False, norm_query: bool = True, init_token: bool = True,
-                 cast_token: bool = True) -> None:
+                 cast_token: bool = True, attention: Mapping[str, Any] | None = None,
+                 activation: str = "gelu") -> None:
         super().__init__()
         self.cast_token = cast_token
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -138,7 +162,8 @@ class ClassTokenPool(nn.Module):
         activation_dropout = dropout if activation_dropout is None else activation_dropout
         self.blocks = nn.ModuleList(
             ClassAttentionBlock(dim, num_heads, ffn_ratio, dropout=dropout, attn_dropout=attn_dropout,
-                                activation_dropout=activation_dropout, normformer=normformer, norm_query=norm_query)
+                                activation_dropout=activation_dropout, normformer=normformer, norm_query=norm_query,
+                                attention=attention, activation=activation)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)
