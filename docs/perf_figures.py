@@ -237,5 +237,21 @@ def section_auger_kinds() -> str:
     return "\n".join(lines) + "\n\n" + _wrap(note)
 
 
-SECTIONS = {"auger_speed": section_auger_speed, "auger_kinds": section_auger_kinds, "jetclass_table": section_jetclass_table, "attention": section_attention, "loader": section_loader, "lightcurves_speed": section_lightcurves_speed,
+def section_flops() -> str:
+    """Achieved FLOP/s of ParT inference against the fp32 GEMM peak (benchmarks/bench_flops.py)."""
+    d = _load("bench_flops.json")
+    peak = d["gemm_peak_gflops"]
+    lines = ["| model | GFLOP per batch | seconds | achieved GFLOP/s | ÷ GEMM peak | weaver-core's FLOPs per second ÷ peak |",
+             "|---|---|---|---|---|---|"]
+    for name, m in d["models"].items():
+        lines.append(f"| {name} | {m['gflop_per_batch']:.1f} | {m['seconds']:.2f} | {m['achieved_gflops']:.1f} | "
+                     f"**{m['fraction_of_peak']:.0%}** | {m['useful_fraction_of_peak']:.0%} |")
+    note = (f"fp32 GEMM peak (`torch.mm`, {d['gemm_n']}²): {peak:.1f} GFLOP/s at {d['threads']} thread; batch "
+            f"{d['batch']} of ParT inference, FLOPs counted with `torch.utils.flop_counter` (plus the CPU flash kernel "
+            f"as 4·B·H·Lq·Lk·d); {_load_text(d['load_before'], d['load'])} on 2 cores. Made by `python "
+            "benchmarks/bench_flops.py --threads 1 --json docs/figures/bench_flops.json`.")
+    return "\n".join(lines) + "\n\n" + _wrap(note)
+
+
+SECTIONS = {"flops": section_flops, "auger_speed": section_auger_speed, "auger_kinds": section_auger_kinds, "jetclass_table": section_jetclass_table, "attention": section_attention, "loader": section_loader, "lightcurves_speed": section_lightcurves_speed,
             "score_ablation": section_score_ablation}

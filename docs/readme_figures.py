@@ -81,21 +81,28 @@ def _ratio(rows: list[dict], key: str) -> tuple[float, float, float]:
 
 
 def section_part_vs_weaver() -> str:
-    runs = [_load(p.name) for p in sorted(FIGURES.glob("bench_model_*.json"))]
-    head = "| figure | " + " | ".join(f"threads {r['threads']}, run {chr(65 + i)}" for i, r in enumerate(runs)) + " |"
+    """ParT against weaver-core, same work: the current run (bench_model.json) beside the earlier ones."""
+    named = [("now", "bench_model.json")] + [(f"earlier run {p.stem[-1].upper()}", p.name)
+                                             for p in sorted(FIGURES.glob("bench_model_*.json"))]
+    runs = [(label, _load(name)) for label, name in named if (FIGURES / name).exists()]
+    head = "| figure | " + " | ".join(f"{label} (threads {r['threads']})" for label, r in runs) + " |"
     lines = [head, "|---" * (len(runs) + 1) + "|"]
     for key, what in (("train_jets_s", "fp32 training"), ("infer_jets_s", "fp32 inference")):
         cells = []
-        for r in runs:
+        for _, r in runs:
             fp32 = [row for row in r["rows"] if row["precision"] == "fp32"]
             ratio, ours, ref = _ratio(fp32, key)
             cells.append(f"**{ratio:.2f}×** ({ours:.1f} vs {ref:.1f} jets/s)")
         lines.append(f"| {what}, physics_tf / weaver-core | " + " | ".join(cells) + " |")
-    loads = ", ".join(f"run {chr(65 + i)}: {r['load']:.1f}" if "load" in r else f"run {chr(65 + i)}: not recorded"
-                      for i, r in enumerate(runs))
-    lines += [""] + textwrap.wrap(f"Batch {runs[0]['batch']}, {runs[0]['params']:,} parameters on both sides, "
-              f"{runs[0]['rows'][0]['repeats']} repeats each, medians; same weights give logits equal to "
-              f"{max(r['max_logit_diff_same_weights'] for r in runs):.1e}. Load average on the 2 cores: {loads}.", 115)
+    loads = ", ".join(f"{label}: {r['load_before']:.1f}–{r['load']:.1f}" if "load_before" in r
+                      else f"{label}: {r['load']:.1f}" if "load" in r else f"{label}: not recorded"
+                      for label, r in runs)
+    first = runs[0][1]
+    lines += [""] + textwrap.wrap(f"Batch {first['batch']}, {first['params']:,} parameters on both sides, "
+              f"{first['rows'][0]['repeats']} repeats each, medians; same weights give logits equal to "
+              f"{max(r['max_logit_diff_same_weights'] for _, r in runs):.1e}. Load average on the 2 cores: {loads}. "
+              "Made by `python benchmarks/bench_model.py --threads 1 --json docs/figures/bench_model.json`.", 115,
+              break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines)
 
 
