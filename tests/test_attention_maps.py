@@ -355,3 +355,63 @@ def test_bad_explain_input_is_one_line(checkpoint, tmp_path):
     torch.save(stored, tmp_path / "pfn.ckpt")
     with pytest.raises(DataError, match="ParticleFlowNetwork has no attention layers"):
         load_for_explain(tmp_path / "pfn.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------- reordered tokens
+@pytest.mark.parametrize("options", [["model.attention.score=location", "model.attention.max_len=40"], ["model.patch_size=4"]],
+                         ids=["time_ordered", "patched"])
+def test_lightcurve_drawing_maps_token_attention_back_onto_the_observations(data_root, tmp_path, monkeypatch,
+                                                                            options):
+    """A model that puts the observations in time order (location score) or patches them: the drawing's weight of
+    each observation follows the observation, whatever order the batch gives them in (token j is not observation j)."""
+    import physics_tf.lightcurves.explain as wing
+
+    cfg = _config("lightcurves_transformer", data_root, tmp_path)
+    extra = OmegaConf.to_container(compose_train(
+        ["experiment=lightcurves_transformer", *TINY["lightcurves_transformer"], *options,
+         f"paths.data_dir={data_root}"], tmp_path).model, resolve=True)
+    cfg["model"] = extra
+    torch.manual_seed(0)
+    net, dm = build_network(cfg)
+    net.eval()
+    first = next(attention_batches(net, dm, "test", num_events=6))
+    assert first.tokens is not None
+    mask = first.batch["mask"].numpy().astype(bool)
+    w_tokens = [r for r in first.maps if r.kind == "class"][-1].mean_heads()[:, 0, 2:].numpy()
+    weight = wing.observation_weights(w_tokens, first.tokens.numpy(), mask)
+    np.testing.assert_allclose(weight.sum(axis=1), w_tokens.sum(axis=1), rtol=1e-5)  # nothing lost or counted twice
+    assert np.all(weight[~mask] == 0)
+    # reverse each object's real observations: the per-observation weights reverse with them
+    perm = np.stack([np.r_[np.flatnonzero(m)[::-1], np.flatnonzero(~m)] for m in mask])
+    flipped = {k: (torch.as_tensor(np.take_along_axis(v.numpy(), perm.reshape(perm.shape + (1,) * (v.dim() - 2)),
+                                                      axis=1))
+                   if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == mask.shape[1] else v)
+               for k, v in first.batch.items()}
+    from physics_tf.tasks.base import model_inputs
+    from physics_tf.nn.inspect import record_attention as rec_attn
+
+    inputs = model_inputs(flipped, net)
+    with torch.no_grad(), rec_attn(net) as rec:
+        net(**inputs)
+    w2 = [r for r in rec.maps if r.kind == "class"][-1].mean_heads()[:, 0, 2:].numpy()
+    weight2 = wing.observation_weights(w2, net.token_elements(**inputs).numpy(), mask)
+    np.testing.assert_allclose(np.take_along_axis(weight, perm, axis=1), weight2, rtol=1e-4, atol=1e-6)
+    # the naive reading (token j = observation j) of the reversed batch does not follow the observations
+    naive = wing.observation_weights(w2, None, mask) if w2.shape[1] >= mask.shape[1] else None
+    if naive is not None:
+        assert not np.allclose(naive, weight2, atol=1e-4)
+    out = wing.explain_plots(iter([first]), tmp_path / "figs", datamodule=dm, num_examples=1)
+    _check_pngs(out, tmp_path / "figs")
+
+
+def test_efficient_kinds_are_left_out_of_the_recording_and_explain_says_so(data_root, tmp_path):
+    cfg = _config("lightcurves_transformer", data_root, tmp_path)
+    cfg["model"] = OmegaConf.to_container(compose_train(
+        ["experiment=lightcurves_transformer", *TINY["lightcurves_transformer"], "model.attention.kind=window",
+         f"paths.data_dir={data_root}"], tmp_path).model, resolve=True)
+    net, dm = build_network(cfg)
+    kinds = {m.kind for _, m in attention_modules(net)}
+    assert kinds == {"window", "full"}  # the blocks are local, the class-token pool reads everything
+    first = next(attention_batches(net, dm, "test", num_events=4))  # no ValueError from the window layers
+    assert first.maps and all(r.kind == "class" for r in first.maps)
+    assert {r.name for r in first.maps} == {n for n, m in attention_modules(net, forming_weights=True)}

@@ -330,3 +330,22 @@ def test_cross_attention_block_updates_the_queries_only_from_real_elements():
     x2 = x.clone()
     x2[1, 2:] = 100.0
     torch.testing.assert_close(block(q, x2, attention_mask(mask)), out)
+
+
+def test_masked_mean_real_mask_and_mlp():
+    from physics_tf.nn.blocks import mlp
+    from physics_tf.nn.packing import masked_mean, on_real, real_mask
+
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]],
+                      [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    m = real_mask(h, mask)
+    assert m.dtype == torch.bool and real_mask(h, None).all() and real_mask(h, None).shape == (3, 3)
+    torch.testing.assert_close(masked_mean(h, m), torch.tensor([[2.0, 3.0], [7.0, 8.0], [0.0, 0.0]]))
+    layers, width = mlp(2, [8, 4], dropout=0.1)
+    assert width == 4 and [type(x).__name__ for x in layers] == ["Linear", "ReLU", "Dropout"] * 2
+    layers, width = mlp(2, [8, 4])
+    assert [type(x).__name__ for x in layers] == ["Linear", "ReLU"] * 2  # state-dict keys 0 and 2, as before
+    out = on_real(layers.eval(), h, m)
+    assert torch.all(out[~m] == 0) and out.shape == (3, 3, 4)
+    torch.testing.assert_close(out[m], layers(h[m]))

@@ -16,7 +16,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     pytest.importorskip("pythia8mc")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("NB_JETS", "300")
+    monkeypatch.setenv("NB_JETS", "150")
     monkeypatch.setenv("NB_OBJECTS", "60")
     monkeypatch.setenv("NB_EVENTS", "64")
     monkeypatch.setenv("NB_EPOCHS", "1")

@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physics_tf.jets.particlenet import on_real
-from physics_tf.nn.packing import trim_to_longest
+from physics_tf.nn.packing import masked_mean, on_real, real_mask, trim_to_longest
 
 __all__ = ["LGEB", "LorentzNet", "minkowski", "pair_invariants", "psi"]
 
@@ -200,9 +199,7 @@ class LorentzNet(nn.Module):
 
     def forward(self, x: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, P, C) features, v (B, P, 4) four-vectors (px, py, pz, E), mask (B, P) True = real → (B, classes)."""
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = mask.bool()
+        mask = real_mask(x, mask)
         exporting = torch.onnx.is_in_onnx_export()
         if self.trim and not exporting:
             mask, x, v = trim_to_longest(mask, x, v)
@@ -211,6 +208,4 @@ class LorentzNet(nn.Module):
         h = on_real(self.embedding, scalars, mask)  # (B, N, H)
         for block in self.blocks:
             h, p = block(h, p, scalars, mask, edges)
-        count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(h.dtype)  # (B, 1)
-        pooled = (h * mask.unsqueeze(-1).to(h.dtype)).sum(dim=1) / count  # mean over the real particles (and beams)
-        return self.decoder(pooled)  # (B, classes)
+        return self.decoder(masked_mean(h, mask))  # mean over the real particles (and beams) → (B, classes)

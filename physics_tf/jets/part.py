@@ -40,7 +40,7 @@ from physics_tf.jets.pairwise import PairEmbedding
 from physics_tf.nn.attention import MultiheadAttention, attention_mask
 from physics_tf.nn.blocks import POOL_LEGACY_STATE_KEYS, ClassTokenPool, TransformerBlock
 from physics_tf.nn.embeddings import ParticleEmbedding
-from physics_tf.nn.packing import Packing, length_groups, trim_to_longest
+from physics_tf.nn.packing import Packing, length_groups, real_mask, trim_to_longest
 from physics_tf.nn.state_keys import accept_legacy_state_keys, rename_legacy_key
 
 
@@ -201,9 +201,7 @@ class ParticleTransformer(nn.Module):
 
     def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x (B, P, C) features, v (B, P, 4) four-vectors (px, py, pz, E), mask (B, P) True = real → (B, classes)."""
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = mask.bool()
+        mask = real_mask(x, mask)
         if self.pair_embed is not None and v is None:
             raise ValueError("ParticleTransformer with use_interaction=True needs the four-vectors v (B, P, 4)")
         trim = self.trim and not torch.onnx.is_in_onnx_export()

@@ -32,23 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physics_tf.nn.packing import Packing, trim_to_longest
+from physics_tf.nn.blocks import mlp
+from physics_tf.nn.packing import masked_mean, on_real, real_mask, trim_to_longest
 
-__all__ = ["EdgeConvBlock", "ParticleNet", "eta_phi_points", "knn", "on_real"]
-
-
-def on_real(module: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
-    """A token-wise ``module`` (Linear, BatchNorm, activations) on the real rows of x (..., C), mask (...) True =
-    real; zeros at padding. In training the rows are packed first, so BatchNorm statistics see real rows only; in
-    eval (and ONNX export: no data-dependent shapes) it runs densely — the same function, BatchNorm being per row."""
-    if module.training and not torch.onnx.is_in_onnx_export():
-        flat = mask.reshape(1, -1)
-        packing = Packing(flat)
-        out = packing.unpack(module(packing.pack(x.reshape(1, flat.shape[1], x.shape[-1]))))
-        return out.view(*mask.shape, out.shape[-1])
-    lead = x.shape[:-1]
-    out = module(x.reshape(-1, x.shape[-1]))
-    return out.view(*lead, out.shape[-1]) * mask.unsqueeze(-1).to(out.dtype)
+__all__ = ["EdgeConvBlock", "ParticleNet", "eta_phi_points", "knn"]
 
 
 def eta_phi_points(v: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
@@ -160,18 +147,12 @@ class ParticleNet(nn.Module):
             fused = sum(block.out_dim for block in self.edge_convs)
             width = min(max(fused // 128 * 128, 128), 1024)
             self.fusion = nn.Sequential(nn.Linear(fused, width, bias=False), nn.BatchNorm1d(width), nn.ReLU())
-        head: list[nn.Module] = []
-        for dim in fc_dims:
-            head += [nn.Linear(width, dim), nn.ReLU(), nn.Dropout(fc_dropout)]
-            width = dim
-        self.fc = nn.Sequential(*head)
+        self.fc, width = mlp(width, fc_dims, fc_dropout)
         self.out = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, P, C) features, v (B, P, 4) four-vectors (px, py, pz, E), mask (B, P) True = real → (B, classes)."""
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = mask.bool()
+        mask = real_mask(x, mask)
         exporting = torch.onnx.is_in_onnx_export()
         if self.trim and not exporting:
             mask, x, v = trim_to_longest(mask, x, v)
@@ -189,6 +170,4 @@ class ParticleNet(nn.Module):
             outputs.append(h)
         if self.fusion is not None:
             h = on_real(self.fusion, torch.cat(outputs, dim=-1), mask)
-        count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(h.dtype)  # (B, 1)
-        pooled = h.sum(dim=1) / count  # (B, H): mean over the real particles
-        return self.out(self.fc(pooled))  # (B, classes)
+        return self.out(self.fc(masked_mean(h, mask)))  # (B, classes)

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from physics_tf.jets.particlenet import on_real
-from physics_tf.nn.packing import trim_to_longest
+from physics_tf.nn.blocks import mlp
+from physics_tf.nn.packing import masked_mean, on_real, real_mask, trim_to_longest
 
 __all__ = ["ParticleCNN", "ResNetUnit", "pt_order"]
 
@@ -116,19 +116,12 @@ class ParticleCNN(nn.Module):
                 units.append(ResNetUnit(width, int(dim), stride=2 if (i > 0 and j == 0) else 1))
                 width = int(dim)
             self.stages.append(nn.ModuleList(units))
-        head: list[nn.Module] = []
-        for dim in fc_dims:
-            head += [nn.Linear(width, dim), nn.ReLU(), nn.Dropout(fc_dropout)]
-            width = dim
-        self.fc = nn.Sequential(*head)
+        self.fc, width = mlp(width, fc_dims, fc_dropout)
         self.out = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, P, C) features, v (B, P, 4) four-vectors (px, py, pz, E), mask (B, P) True = real → (B, classes)."""
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = mask.bool()
-        x, mask = pt_order(x, v, mask)
+        x, mask = pt_order(x, v, real_mask(x, mask))
         if self.trim and not torch.onnx.is_in_onnx_export():
             mask, x = trim_to_longest(mask, x)
         h, mask = self.stem(on_real(self.input_bn, x, mask), mask)
@@ -136,5 +129,4 @@ class ParticleCNN(nn.Module):
         for stage in self.stages:
             for unit in stage:
                 h, mask = unit(h, mask)
-        count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(h.dtype)  # (B, 1)
-        return self.out(self.fc(h.sum(dim=1) / count))  # mean over the real positions → (B, classes)
+        return self.out(self.fc(masked_mean(h, mask)))  # (B, classes)

@@ -11,18 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from physics_tf.nn.packing import Packing
-
-
-def _mlp(dims: Sequence[int], input_dim: int) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for dim in dims:
-        layers += [nn.Linear(input_dim, dim), nn.ReLU()]
-        input_dim = dim
-    return nn.Sequential(*layers), input_dim
+from physics_tf.nn.blocks import mlp
+from physics_tf.nn.packing import Packing, real_mask
 
 
 class ParticleFlowNetwork(nn.Module):
@@ -43,15 +35,12 @@ class ParticleFlowNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.input_bn = nn.BatchNorm1d(input_dim) if input_norm else nn.Identity()
-        self.phi, latent = _mlp(phi_dims, input_dim)
-        self.f, hidden = _mlp(f_dims, latent)
+        self.phi, latent = mlp(input_dim, phi_dims)
+        self.f, hidden = mlp(latent, f_dims)
         self.out = nn.Linear(hidden, num_classes)
 
     def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x (B, P, C), mask (B, P) True = real → (B, classes)."""
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = mask.bool()
-        packing = Packing(mask)
+        packing = Packing(real_mask(x, mask))
         phi = packing.unpack(self.phi(self.input_bn(packing.pack(x))))  # (B, P, latent), zero at padding
         return self.out(self.f(phi.sum(dim=1)))  # (B, classes)

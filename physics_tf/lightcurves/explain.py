@@ -10,8 +10,11 @@ curve band by band from the weights that :func:`physics_tf.nn.inspect.record_att
   observations (the class and metadata tokens' shares left out; 1 = uniform) against the time to the object's
   brightest observation, and the mean per band.
 
-Keys of the class-attention block are [class token, conditioning token, observations] (the model puts the
-metadata token before the observations); observations keep the batch order, real ones first.
+Keys of the class-attention block are [class token, conditioning token, tokens] (the model puts the metadata
+token before the observations). A token is one observation in batch order, or — when the model orders the
+observations in time (local attention kinds, the location score) or patches them (``patch_size`` > 1) — the
+observations its ``token_elements`` names: a token's weight is then shared equally among the observations it holds
+(:func:`observation_weights`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,25 @@ from physics_tf.lightcurves.io import BANDS
 from physics_tf.tasks.plots import plot_style, relative_attention_figure, save_figure
 from physics_tf.training.explain import AttentionBatch, BinnedMean, pick_examples, share
 
-__all__ = ["averages_figure", "explain_plots", "observation_attention_figure"]
+__all__ = ["averages_figure", "explain_plots", "observation_attention_figure", "observation_weights"]
 
 TIME_EDGES = np.linspace(-150.0, 300.0, 31)  # days from the brightest observation
 OBSERVATIONS = 2  # key index of the first observation: [class token, conditioning token, observations...]
+
+
+def observation_weights(token_weight: np.ndarray, tokens: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    """Attention on the observations (B, L) from the attention on the tokens (B, L'): with ``tokens`` (B, L', P)
+    (indices of the observations each token holds, −1 for none) each token's weight is split equally among its
+    observations; without, token j is observation j. Zero at padding."""
+    if tokens is None:
+        return token_weight[:, : mask.shape[1]] * mask
+    held = tokens >= 0  # (B, L', P)
+    count = held.sum(axis=-1)  # (B, L')
+    each = np.divide(token_weight, count, out=np.zeros(token_weight.shape), where=count > 0)  # (B, L')
+    rows = np.broadcast_to(np.arange(len(tokens))[:, None, None], tokens.shape)
+    out = np.zeros(mask.shape)
+    np.add.at(out, (rows[held], tokens[held]), np.broadcast_to(each[..., None], tokens.shape)[held])
+    return out * mask
 
 
 def observation_attention_figure(time: np.ndarray, flux: np.ndarray, flux_err: np.ndarray, band: np.ndarray,
@@ -84,7 +102,8 @@ def explain_plots(batches: Iterable[AttentionBatch], out_dir: str | Path, *, dat
             acc_time = BinnedMean(TIME_EDGES, len(names))
             acc_band = BinnedMean(np.arange(len(BANDS) + 1) - 0.5, len(names))
         w_all = cls[-1].mean_heads()[:, 0].numpy()  # (B, 2 + L)
-        weight = w_all[:, OBSERVATIONS:] * mask  # (B, L)
+        tokens = None if ab.tokens is None else ab.tokens.numpy()
+        weight = observation_weights(w_all[:, OBSERVATIONS:], tokens, mask)  # (B, L)
         scaled = share(weight, mask)
         peak = np.take_along_axis(time, np.argmax(np.where(mask, flux, -np.inf), axis=1)[:, None], axis=1)
         gmat = np.broadcast_to(group[:, None], mask.shape)

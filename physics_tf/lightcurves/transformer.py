@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physics_tf.lightcurves.patching import PatchEmbedding, gather_tokens, time_order
@@ -174,3 +175,20 @@ class LightCurveTransformer(nn.Module):
         if self.local:
             x, keep = torch.cat((c, x), dim=1), torch.cat((ones, keep), dim=1)  # the pool reads [cond, tokens]
         return self.head(self.pool(x, keep))  # (B, K)
+
+    def token_elements(self, flux: Tensor, flux_err: Tensor, time: Tensor, band: Tensor, mask: Tensor,
+                       meta: Tensor | None = None) -> Tensor:
+        """Which observations each token of :meth:`forward` holds, in token order: (B, L', P) indices into the L
+        input observations, −1 for an empty slot (P = ``patch_size``; L' = ⌈L/P⌉). For drawing attention over the
+        tokens on the observations (:mod:`physics_tf.training.explain`) when the model reorders or patches them."""
+        mask = mask.bool()
+        b, n = mask.shape
+        if self.patch_embed is not None:  # the same order the patch embedding takes
+            order = time_order(relative_time(time, mask), band, mask)
+        elif self.ordered:
+            order = time_order(time, band, mask)
+        else:
+            order = torch.arange(n, device=mask.device).expand(b, n)
+        index = order.masked_fill(~mask.gather(1, order), -1)  # (B, L)
+        index = F.pad(index, (0, -n % self.patch_size), value=-1)
+        return index.view(b, -1, self.patch_size)  # (B, L', P)

@@ -12,6 +12,8 @@ the one class-token pooling of every model (ParT, the light-curve and the Auger 
 :class:`CrossAttentionBlock`: a set of queries (e.g. a Perceiver's latent array, Jaegle et al. arXiv 2103.03206)
 attends to another set; the queries are updated.
 
+:func:`mlp` builds the Linear–ReLU(–Dropout) stacks of the classifier heads and per-element networks.
+
 Every block takes ``attention`` (keyword arguments of :class:`physics_tf.nn.attention.MultiheadAttention`
 beyond dim / heads / dropout / head scale: ``score=``, ``kind=`` and their options) and ``activation`` of the
 feed-forward: "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation: cheaper, slightly different outputs).
@@ -19,7 +21,7 @@ feed-forward: "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation: cheape
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +40,18 @@ def activation_module(name: str) -> nn.Module:
     if name == "gelu_tanh":
         return nn.GELU(approximate="tanh")
     raise ValueError(f"activation={name!r} is not one of {ACTIVATIONS}")
+
+
+def mlp(input_dim: int, dims: Sequence[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
+    """Linear–ReLU (–Dropout when ``dropout`` > 0) per width in ``dims``: the hidden layers of a classifier head or
+    of a per-element network → (the layers, the output width). Empty ``dims``: an identity and ``input_dim``."""
+    layers: list[nn.Module] = []
+    for dim in dims:
+        layers += [nn.Linear(input_dim, int(dim)), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        input_dim = int(dim)
+    return nn.Sequential(*layers), input_dim
 
 
 class TransformerBlock(nn.Module):

@@ -17,6 +17,9 @@ the ``with`` block (removed afterwards, also on error); the layer then asks the 
 — keys are [class token, elements], key 0 is the class token —, :class:`~physics_tf.nn.blocks.CrossAttentionBlock`:
 cross). The additive mask a layer is given is split into the bias (finite part) and the key mask (keys that are not
 −∞ / not False for some query). Weights are those of the forward pass, before attention dropout.
+
+Layers of an efficient kind (``kind=window|lsh|sparse_*``, :mod:`physics_tf.nn.efficient`) never form an L×L
+weight matrix: they are not recorded (:func:`attention_modules` with ``forming_weights=True`` lists the others).
 """
 
 from __future__ import annotations
@@ -97,15 +100,18 @@ def _kinds(net: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def attention_modules(net: nn.Module) -> list[tuple[str, MultiheadAttention]]:
-    """(name, layer) of every attention layer of ``net``, in module order."""
-    return [(n, m) for n, m in net.named_modules() if isinstance(m, MultiheadAttention)]
+def attention_modules(net: nn.Module, forming_weights: bool = False) -> list[tuple[str, MultiheadAttention]]:
+    """(name, layer) of every attention layer of ``net``, in module order; ``forming_weights``: only the layers of
+    kind "full", whose weights can be recorded."""
+    return [(n, m) for n, m in net.named_modules()
+            if isinstance(m, MultiheadAttention) and (not forming_weights or m.kind == "full")]
 
 
 @contextlib.contextmanager
 def record_attention(net: nn.Module, include: Sequence[str] | None = None, kinds: Sequence[str] | None = None,
                      to_cpu: bool = False, keep_bias: bool = True) -> Iterator[AttentionRecorder]:
-    """Record the attention weights of ``net``'s layers while the ``with`` block runs (module docstring).
+    """Record the attention weights of ``net``'s layers while the ``with`` block runs (module docstring); layers of
+    an efficient kind are left out.
 
     ``include``: shell patterns of module names to record (default all); ``kinds``: only these kinds;
     ``to_cpu``: move the records to the CPU as they come (long runs on an accelerator); ``keep_bias``: False drops
@@ -113,7 +119,7 @@ def record_attention(net: nn.Module, include: Sequence[str] | None = None, kinds
     """
     recorder = AttentionRecorder()
     kind_of = _kinds(net)
-    chosen = [(name, module) for name, module in attention_modules(net)
+    chosen = [(name, module) for name, module in attention_modules(net, forming_weights=True)
               if (include is None or any(fnmatch.fnmatchcase(name, p) for p in include))]
     installed: list[tuple[MultiheadAttention, object]] = []
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Packing", "left_aligned", "length_groups", "prefix_mask", "trim_to_longest"]
+__all__ = ["Packing", "left_aligned", "length_groups", "masked_mean", "on_real", "prefix_mask", "real_mask",
+           "trim_to_longest"]
 
 
 class Packing:
@@ -43,6 +44,33 @@ class Packing:
         """(N_real, …) → (B, L, …), zeros at padding."""
         out = values.new_zeros(self.shape[0] * self.shape[1], *values.shape[1:])
         return out.index_copy_(0, self.index, values).view(*self.shape, *values.shape[1:])  # in place: one pass
+
+
+def real_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+    """The (B, L) mask of a padded batch x (B, L, …) as booleans, True = real; every element real when None."""
+    if mask is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return mask.bool()
+
+
+def on_real(module: torch.nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    """A token-wise ``module`` (Linear, BatchNorm, activations) on the real rows of x (..., C), mask (...) True =
+    real; zeros at padding. In training the rows are packed first, so BatchNorm statistics see real rows only; in
+    eval (and ONNX export: no data-dependent shapes) it runs densely — the same function, BatchNorm being per row."""
+    if module.training and not torch.onnx.is_in_onnx_export():
+        flat = mask.reshape(1, -1)
+        packing = Packing(flat)
+        out = packing.unpack(module(packing.pack(x.reshape(1, flat.shape[1], x.shape[-1]))))
+        return out.view(*mask.shape, out.shape[-1])
+    lead = x.shape[:-1]
+    out = module(x.reshape(-1, x.shape[-1]))
+    return out.view(*lead, out.shape[-1]) * mask.unsqueeze(-1).to(out.dtype)
+
+
+def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """The mean of h (B, L, C) over the real positions of mask (B, L) → (B, C); zeros for a row with none."""
+    m = mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
 
 
 def left_aligned(mask: Tensor, trim: bool = True) -> Tensor:

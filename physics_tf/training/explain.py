@@ -53,11 +53,15 @@ class ExplainError(DataError):
 @dataclass
 class AttentionBatch:
     """One batch of events: the batch dict (CPU, cut to the events asked for), the network outputs (B, …) and the
-    attention records of the forward pass (weights (B, H, Lq, Lk) on the CPU; see :mod:`physics_tf.nn.inspect`)."""
+    attention records of the forward pass (weights (B, H, Lq, Lk) on the CPU; see :mod:`physics_tf.nn.inspect`).
+    ``tokens``: for a network that reorders or groups its input elements into tokens, its ``token_elements(**inputs)``
+    — (B, L_tokens, P) indices of the input elements each token holds, −1 for none — else None (token j is
+    element j)."""
 
     batch: dict[str, Tensor]
     outputs: Tensor
     maps: list[AttentionRecord]
+    tokens: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------- for the drawings
@@ -127,13 +131,13 @@ def load_for_explain(ckpt_path: str | Path, data: Mapping[str, Any] | None = Non
     from omegaconf import OmegaConf
 
     from physics_tf.training.export import build_network, load_checkpoint  # their errors are one-line DataErrors
-    from physics_tf.training.run import _evaluate_data
+    from physics_tf.training.run import evaluation_data
 
     if split not in SPLIT_STAGES:
         raise ExplainError("<config>", f"split '{split}': expected one of {sorted(SPLIT_STAGES)}", "split")
     ckpt = Path(str(ckpt_path))
     config, state = load_checkpoint(ckpt)
-    data_cfg = _evaluate_data(OmegaConf.create(dict(data)) if data else None, OmegaConf.create(config["data"]))
+    data_cfg = evaluation_data(OmegaConf.create(dict(data)) if data else None, OmegaConf.create(config["data"]))
     if files is not None:
         files = OmegaConf.to_container(files, resolve=True) if OmegaConf.is_config(files) else files
         stored = (data_cfg.get("files") or {}).get(split)
@@ -145,6 +149,14 @@ def load_for_explain(ckpt_path: str | Path, data: Mapping[str, Any] | None = Non
     if not attention_modules(net):
         raise ExplainError(ckpt, f"{type(net).__name__} has no attention layers to look inside "
                            "(physics_tf.nn.attention.MultiheadAttention)", "model._target_")
+    skipped = sorted({m.kind for _, m in attention_modules(net)} - {"full"})
+    if not attention_modules(net, forming_weights=True):
+        raise ExplainError(ckpt, f"every attention layer of {type(net).__name__} is of an efficient kind "
+                           f"({', '.join(skipped)}) that forms no attention weights; explain needs kind='full'",
+                           "model.attention.kind")
+    if skipped:
+        log.warning("explain: the layers of kind %s form no attention weights and are left out: %s",
+                    ", ".join(skipped), ", ".join(n for n, m in attention_modules(net) if m.kind != "full"))
     return net, datamodule, config
 
 
@@ -181,8 +193,9 @@ def attention_batches(net: nn.Module, datamodule: Any, split: str = "test", num_
         inputs = {k: v.to(device) for k, v in model_inputs(batch, net).items()}
         with torch.no_grad(), record_attention(net, to_cpu=True) as rec:
             outputs = net(**inputs)
+            tokens = net.token_elements(**inputs).cpu() if callable(getattr(net, "token_elements", None)) else None
         seen += keep
-        yield AttentionBatch(batch=batch, outputs=outputs.detach().float().cpu(), maps=list(rec.maps))
+        yield AttentionBatch(batch=batch, outputs=outputs.detach().float().cpu(), maps=list(rec.maps), tokens=tokens)
 
 
 # ---------------------------------------------------------------------------------------------- the drawing

@@ -43,7 +43,7 @@ from physics_tf.data.tables import TableWriter, merge_tables, table_format
 from physics_tf.tasks.base import model_inputs
 from physics_tf.training.cluster import check_devices
 from physics_tf.training.export import METADATA_PREFIX, build_network, load_checkpoint, onnx_feed
-from physics_tf.training.run import (_disk_space_is_one_line, check_task_fits_data, prepare_output_dir,
+from physics_tf.training.run import (disk_space_is_one_line, check_task_fits_data, prepare_output_dir,
                                      quiet_libraries)
 
 __all__ = ["PredictError", "run_predict", "load_model"]
@@ -176,7 +176,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     output = Path(str(cfg.output))
     table_format(output)  # an unknown extension fails before anything is loaded
     output_dir = prepare_output_dir(cfg.paths.output_dir)
-    with _disk_space_is_one_line(output_dir):
+    with disk_space_is_one_line(output_dir):
         return _predict(cfg, output_dir, output)
 
 

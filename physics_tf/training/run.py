@@ -104,7 +104,7 @@ class OutputDirError(OSError):
 
 
 @contextlib.contextmanager
-def _disk_space_is_one_line(output_dir: Path):
+def disk_space_is_one_line(output_dir: Path):
     """A full disk or quota (ENOSPC, EDQUOT) while writing checkpoints or outputs → one :class:`OutputDirError`
     line naming the run directory and the file being written."""
     try:
@@ -240,7 +240,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     check_devices(cfg.trainer)
     check_launch(cfg.trainer)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
-    with _disk_space_is_one_line(output_dir):
+    with disk_space_is_one_line(output_dir):
         return _fit_and_test(cfg, output_dir)
 
 
@@ -302,7 +302,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return _report(output_dir, tested=bool(cfg.get("test", True))) if trainer.is_global_zero else {}
 
 
-def _evaluate_data(given: DictConfig | None, stored: DictConfig) -> DictConfig:
+def evaluation_data(given: DictConfig | None, stored: DictConfig) -> DictConfig:
     """The data config of an evaluation: a data group given (``data=jetclass``, it has a ``_target_``) replaces
     the checkpoint's; bare overrides (``+data.files.test=[...]``) are merged into the checkpoint's."""
     if not given:
@@ -331,14 +331,14 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet_libraries()
     check_devices(cfg.trainer)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
-    with _disk_space_is_one_line(output_dir):
+    with disk_space_is_one_line(output_dir):
         return _test(cfg, output_dir)
 
 
 def _test(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     stored = OmegaConf.create(load_run_config(cfg.ckpt_path))
-    data_cfg = _evaluate_data(cfg.get("data"), stored.data)
+    data_cfg = evaluation_data(cfg.get("data"), stored.data)
     run_cfg = OmegaConf.create({"data": data_cfg, "paths": OmegaConf.to_container(cfg.paths, resolve=True)})
     if rank_zero_only.rank == 0:  # one writer, atomically
         with atomic_path(output_dir / "config.yaml") as tmp:
