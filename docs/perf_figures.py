@@ -234,6 +234,11 @@ def section_auger_kinds() -> str:
             f"{d['test_events']:,} test events, {d['epochs']} epochs of batch {d['batch']}, the same batches for "
             f"every kind; {d['threads']} thread, {_load_text(d['load_average']['before'], d['load_average']['after'])}. "
             f"Made by `{d['command']}`.")
+    if d.get("rerun"):
+        r = d["rerun"]
+        note += (f" Rerun of {', '.join(f'`{k}`' for k in r['kinds'])} beside `{r['reference']}` (`{r['command']}`, "
+                 f"{_load_text(r['load_average']['before'], r['load_average']['after'])}): {r['why']}; its events/s "
+                 f"are the rerun's ratio to `{r['reference']}` times `{r['reference']}`'s figure above.")
     return "\n".join(lines) + "\n\n" + _wrap(note)
 
 
