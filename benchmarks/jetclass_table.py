@@ -26,7 +26,9 @@ JSON (``--json``): ``{"schema": "jetclass_table/1", "command", "settings": {data
 batch, val_every, val_batches, seed, threads, device, overrides}, "load_average": {"before", "after"} (1, 5,
 15 min), "torch", "models": {name: {"experiment", "accuracy", "auc_macro", "rej50": {class: value}, "params",
 "flops_per_jet", "train_s", "train_s_per_1000_steps", "fit_s", "wall_s", "steps", "num_jets",
-"run_dir"}} (seconds; ``wall_s`` null for a run read back from its directory),
+"run_dir", "load_average", "trained_by"}} (seconds; a run read back from its directory keeps the wall time, load
+average (before / after its training) and command of the invocation that trained it, from ``table_run.json`` in
+the run directory; null where that file is absent; the top-level load average is this invocation's),
 "published": {"jetclass": {name: {"accuracy", "params", "flops_per_jet"}}, "top_tagging": {name: {"accuracy"}},
 "sources"}}`` — absent published values are left out.
 """
@@ -171,6 +173,7 @@ def same_run(run_dir: Path, a: argparse.Namespace) -> bool:
 def run_model(a: argparse.Namespace, model: str) -> dict:
     run_dir = (Path(a.work_dir) / model).resolve()
     metrics_path = run_dir / "metrics.json"
+    record_path = run_dir / "table_run.json"  # when and under what load this run was trained
     wall = None
     same = same_run(run_dir, a) and not a.force
     if not (same and metrics_path.is_file()):
@@ -183,6 +186,7 @@ def run_model(a: argparse.Namespace, model: str) -> dict:
         if same and (run_dir / "checkpoints" / "last.ckpt").is_file():
             cmd.append("ckpt_path=last")  # an interrupted run: on from its last epoch
         print(f"[{model}] {' '.join(cmd[1:])}", flush=True)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         t0 = time.perf_counter()
         with open(run_dir / "stdout.log", "w") as log:
             res = subprocess.run(cmd, check=False, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -191,6 +195,9 @@ def run_model(a: argparse.Namespace, model: str) -> dict:
             tail = (run_dir / "stdout.log").read_text().splitlines()[-5:]
             raise SystemExit(f"jetclass_table: error: {model} training failed (exit {res.returncode}); "
                              f"{run_dir / 'stdout.log'}: {' | '.join(tail)}")
+        write_json(record_path, {"command": " ".join(sys.argv), "wall_s": wall, "load_average": {
+            "before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}})
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     metrics = json.loads(metrics_path.read_text())
     params, flops = size_and_flops(run_dir, a.flops_batch)
     steps = json.loads((run_dir / "steps.json").read_text()) if (run_dir / "steps.json").is_file() else {}
@@ -199,8 +206,9 @@ def run_model(a: argparse.Namespace, model: str) -> dict:
             "rej50": {k.removeprefix("rej50_"): v for k, v in metrics.items() if k.startswith("rej50_")},
             "params": params, "flops_per_jet": flops, "train_s": train_s,
             "train_s_per_1000_steps": train_s / steps["steps"] * 1000 if steps.get("steps") else None,
-            "fit_s": fit_seconds(run_dir), "wall_s": wall, "steps": a.steps, "num_jets": metrics.get("num_jets"),
-            "run_dir": str(run_dir)}
+            "fit_s": fit_seconds(run_dir), "wall_s": record.get("wall_s", wall), "steps": a.steps,
+            "num_jets": metrics.get("num_jets"), "run_dir": str(run_dir),
+            "load_average": record.get("load_average"), "trained_by": record.get("command")}
 
 
 def write_json(path: Path, table: dict) -> None:

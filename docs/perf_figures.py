@@ -164,6 +164,18 @@ JET_MODELS = (("pfn", "PFN"), ("pcnn", "P-CNN"), ("particlenet", "ParticleNet"),
               ("part_plain", "ParT (plain)"), ("part", "ParT"))
 
 
+def _training_loads(models: dict, fallback: dict) -> str:
+    """The load each group of models was trained at (rows keep their training invocation's load average)."""
+    groups: dict[str, list[str]] = {}
+    for key, label in JET_MODELS:
+        m = models.get(key)
+        if m is None:
+            continue
+        load = m.get("load_average") or fallback
+        groups.setdefault(_load_text(load["before"], load["after"]), []).append(label)
+    return "; ".join(f"{text} ({', '.join(labels)})" for text, labels in groups.items())
+
+
 def section_jetclass_table() -> str:
     """The jet models of the published tables, trained with one budget on the generated four-class set
     (benchmarks/jetclass_table.py), beside the published figures."""
@@ -187,8 +199,8 @@ def section_jetclass_table() -> str:
     note = (f"Each model: {st['steps']} optimizer steps of {st['batch']} jets on `{st['dataset']}` "
             f"(classes {', '.join(st['labels'])}), seed {st['seed']}, {st['threads']} thread, {st['device']}, the "
             f"best validation checkpoint tested on the whole test split; FLOPs counted by "
-            f"`torch.utils.flop_counter` on one test batch (matmuls and convolutions). Measured at "
-            f"{_load_text(d['load_average']['before'], d['load_average']['after'])} on 2 cores. Measured order by "
+            f"`torch.utils.flop_counter` on one test batch (matmuls and convolutions). Trained at "
+            f"{_training_loads(models, d['load_average'])} on 2 cores. Measured order by "
             f"accuracy: {' < '.join(label for _, label in order)}. The published figures are for orientation only: "
             f"{pub['sources']} Made by `{d['command']}`.")
     return "\n".join(lines) + "\n\n" + _wrap(note)

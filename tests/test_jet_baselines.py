@@ -225,5 +225,16 @@ def test_jetclass_table_runs_and_resumes(tmp_path):
         assert row["params"] > 0 and row["flops_per_jet"] > 0 and row["train_s"] > 0 and row["num_jets"] == 96
     assert table["models"]["pfn"]["params"] == 84_894  # 13 kinpid features and 4 classes (86,188 with 17 and 10)
     assert table["published"]["jetclass"]["part"]["accuracy"] == 0.861
+    for row in table["models"].values():  # each row carries the load and command of its own training
+        assert len(row["load_average"]["before"]) == 3 and "jetclass_table.py" in row["trained_by"]
+        assert row["wall_s"] > 0
     again = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("skipped") == 2, again.stdout[-2000:]
+    # without the JSON the finished runs are read back (no training) and keep their own load, wall time, command
+    (tmp_path / "table.json").unlink()
+    third = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and "pipelines/train.py" not in third.stdout, third.stdout[-2000:]
+    back = json.loads((tmp_path / "table.json").read_text())["models"]
+    for name, row in table["models"].items():
+        for key in ("accuracy", "load_average", "wall_s", "trained_by"):
+            assert back[name][key] == row[key], (name, key)
