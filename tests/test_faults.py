@@ -403,3 +403,27 @@ def test_mid_epoch_resume_under_ddp_equals_uninterrupted(data_dir, tmp_path):
     for row in rows_c:  # and C logged nothing A did not
         assert any(row.keys() == other.keys() and all(abs(row[k] - other[k]) <= 1e-6 for k in row)
                    for other in rows_a), row
+
+
+def test_stopping_the_ranks_retires_lightnings_observer_so_the_exit_code_is_ours(tmp_path):
+    """Lightning's child-process observer SIGKILLs the main process once it sees a rank gone; after
+    _stop_launched_ranks kills the ranks, a slow shutdown of the main process must still end with its own exit code
+    (CI saw -9 instead of 1 for the hanging-rank test). Run in a child process: the observer kills its main pid."""
+    script = tmp_path / "observer.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "from types import SimpleNamespace\n"
+        "from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver\n"
+        "from physics_tf.training.run import _stop_launched_ranks\n"
+        "rank = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "import os, signal\n"
+        "_ChildProcessObserver(main_pid=os.getpid(), child_processes=[rank], sleep_period=0.2).start()\n"
+        "def kill(signum):\n"
+        "    os.kill(rank.pid, signum)\n"
+        "    rank.wait()\n"
+        "trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=[rank], kill=kill)))\n"
+        "_stop_launched_ranks(trainer)\n"
+        "time.sleep(1.5)  # a slow shutdown: several of the observer's polls\n"
+        "sys.exit(3)\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, (res.returncode, res.stderr[-2000:])

@@ -318,12 +318,26 @@ def _stop_launched_ranks(trainer: L.Trainer) -> None:
     Lightning stops them only on Ctrl-C or when a child dies first; a child stuck in a collective would otherwise
     outlive the failed main process. Under srun the scheduler owns the processes (SLURM_KILL_BAD_EXIT=1 in
     hydra/launcher=slurm ends the others).
+
+    Lightning's child-process observer (a thread polling the ranks every 5 s) SIGKILLs this process as soon as it
+    sees a rank gone, also one stopped here: it is retired first, so this process still ends with its own one-line
+    error and exit code instead of a -9 that races its exit (seen in CI on a slow shutdown).
     """
     import signal
+    import threading
 
     launcher = getattr(trainer.strategy, "launcher", None)
-    if launcher is not None and getattr(launcher, "procs", None):
-        launcher.kill(signal.SIGKILL)
+    if launcher is None or not getattr(launcher, "procs", None):
+        return
+    try:
+        from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    except ImportError:  # another Lightning layout: nothing to retire
+        _ChildProcessObserver = None
+    for thread in threading.enumerate():
+        if _ChildProcessObserver is not None and isinstance(thread, _ChildProcessObserver):
+            thread._run = lambda: True  # its next poll ends its loop without signalling anyone
+            thread._finished = True
+    launcher.kill(signal.SIGKILL)
 
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
