@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,16 @@ def quiet_libraries() -> None:
 
 
 def prepare_output_dir(path: str | Path) -> Path:
-    """Create the run directory; an unwritable one is a one-line :class:`OutputDirError`."""
+    """Create the run directory; an unwritable one is a one-line :class:`OutputDirError`. The probe file is named
+    per host and process: the ranks of a multi-node run share the directory and probe it at the same moment (one
+    shared name let one rank's cleanup remove the file the other was about to remove)."""
     out = Path(path)
+    probe = out / f".write_test.{socket.gethostname()}.{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".write_test") as tmp:
+        with atomic_path(probe) as tmp:
             tmp.write_text("")
-        (out / ".write_test").unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         raise OutputDirError(f"cannot write the run directory {out}: {err.strerror or err}; set hydra.run.dir "
                              "(or paths.log_dir) to a writable place") from None
