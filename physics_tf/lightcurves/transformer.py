@@ -160,7 +160,7 @@ class LightCurveTransformer(nn.Module):
         else:
             h, log_scale = self.embed(flux, flux_err, time, band, mask)  # (B, L, D), (B, 1)
             if self.ordered:  # (time, band) order, padding last
-                order = time_order(time, band, mask)  # (B, L)
+                order = self._token_order(time, band, mask)  # (B, L)
                 h, mask = gather_tokens(h, order), mask.gather(1, order)
         cond = log_scale if meta is None else torch.cat((meta.to(h.dtype), log_scale), dim=-1)  # (B, M + 1)
         c = self.meta_proj(cond).unsqueeze(1)  # (B, 1, D) the conditioning token
@@ -176,6 +176,14 @@ class LightCurveTransformer(nn.Module):
             x, keep = torch.cat((c, x), dim=1), torch.cat((ones, keep), dim=1)  # the pool reads [cond, tokens]
         return self.head(self.pool(x, keep))  # (B, K)
 
+    def _token_order(self, time: Tensor, band: Tensor, mask: Tensor) -> Tensor:
+        """The (B, L) observation order of an ordered model's tokens: (time, band) order, padding last. With patches
+        it is taken on the times relative to the first observation, as :meth:`forward` hands them to the patch
+        embedding (which orders them itself)."""
+        if self.patch_embed is not None:
+            time = relative_time(time, mask)
+        return time_order(time, band, mask)
+
     def token_elements(self, flux: Tensor, flux_err: Tensor, time: Tensor, band: Tensor, mask: Tensor,
                        meta: Tensor | None = None) -> Tensor:
         """Which observations each token of :meth:`forward` holds, in token order: (B, L', P) indices into the L
@@ -183,10 +191,8 @@ class LightCurveTransformer(nn.Module):
         tokens on the observations (:mod:`physics_tf.training.explain`) when the model reorders or patches them."""
         mask = mask.bool()
         b, n = mask.shape
-        if self.patch_embed is not None:  # the same order the patch embedding takes
-            order = time_order(relative_time(time, mask), band, mask)
-        elif self.ordered:
-            order = time_order(time, band, mask)
+        if self.ordered:
+            order = self._token_order(time, band, mask)
         else:
             order = torch.arange(n, device=mask.device).expand(b, n)
         index = order.masked_fill(~mask.gather(1, order), -1)  # (B, L)

@@ -146,17 +146,19 @@ def load_for_explain(ckpt_path: str | Path, data: Mapping[str, Any] | None = Non
         data_cfg = OmegaConf.merge(data_cfg, {"files": {split: files}})
     config = {**config, "data": OmegaConf.to_container(data_cfg, resolve=True)}
     net, datamodule = build_network(config, state, source=ckpt)
-    if not attention_modules(net):
+    layers = attention_modules(net)
+    if not layers:
         raise ExplainError(ckpt, f"{type(net).__name__} has no attention layers to look inside "
                            "(physics_tf.nn.attention.MultiheadAttention)", "model._target_")
-    skipped = sorted({m.kind for _, m in attention_modules(net)} - {"full"})
-    if not attention_modules(net, forming_weights=True):
+    efficient = [(n, m.kind) for n, m in layers if m.kind != "full"]  # those record_attention leaves out
+    kinds = ", ".join(sorted({kind for _, kind in efficient}))
+    if len(efficient) == len(layers):
         raise ExplainError(ckpt, f"every attention layer of {type(net).__name__} is of an efficient kind "
-                           f"({', '.join(skipped)}) that forms no attention weights; explain needs kind='full'",
+                           f"({kinds}) that forms no attention weights; explain needs kind='full'",
                            "model.attention.kind")
-    if skipped:
-        log.warning("explain: the layers of kind %s form no attention weights and are left out: %s",
-                    ", ".join(skipped), ", ".join(n for n, m in attention_modules(net) if m.kind != "full"))
+    if efficient:
+        log.warning("explain: the layers of kind %s form no attention weights and are left out: %s", kinds,
+                    ", ".join(n for n, _ in efficient))
     return net, datamodule, config
 
 

@@ -336,11 +336,12 @@ def _stop_launched_ranks(trainer: L.Trainer) -> None:
     try:
         from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
     except ImportError:  # another Lightning layout: nothing to retire
-        _ChildProcessObserver = None
-    for thread in threading.enumerate():
-        if _ChildProcessObserver is not None and isinstance(thread, _ChildProcessObserver):
-            thread._run = lambda: True  # its next poll ends its loop without signalling anyone
-            thread._finished = True
+        pass
+    else:
+        for thread in threading.enumerate():
+            if isinstance(thread, _ChildProcessObserver):
+                thread._run = lambda: True  # its next poll ends its loop without signalling anyone
+                thread._finished = True
     launcher.kill(signal.SIGKILL)
 
 
